@@ -1,0 +1,39 @@
+# Two commands do everything on a fresh machine: `make demo` and `make test`.
+PY ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export TORCH_EXTENSIONS_DIR := $(CURDIR)/.torch_extensions
+export PYTHONDONTWRITEBYTECODE := 1
+
+.PHONY: install test demo crd constraints clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q -U pip
+
+# torch first and pinned: the CPU wheel on disk, not a multi-GB CUDA build.
+$(STAMP): pyproject.toml constraints.txt | $(BIN)/python
+	$(BIN)/pip install -q torch==2.13.0 -c constraints.txt
+	$(BIN)/pip install -q -e '.[dev]' -c constraints.txt
+	touch $@
+
+install: $(STAMP)
+
+test: install
+	$(BIN)/python -m pytest -q
+
+demo: install
+	$(BIN)/fathom validate manifests/examples/fathom-r1-14b.yaml
+	$(BIN)/fathom render manifests/examples/fathom-r1-14b.yaml
+
+# Regenerate the committed CRD copies from the models (a test fails when they drift).
+crd: install
+	$(BIN)/fathom crd > manifests/crd.yaml
+	cp manifests/crd.yaml charts/fathom-operator/crds/fathomrecipes.fathom.dev.yaml
+
+constraints: install
+	{ head -2 constraints.txt; $(BIN)/pip freeze --exclude-editable | sed 's/+cpu$$//'; } > constraints.new && mv constraints.new constraints.txt
+
+clean:
+	rm -rf $(VENV) .torch_extensions .pytest_cache

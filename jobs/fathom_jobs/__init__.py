@@ -1,0 +1,1 @@
+"""Code that runs inside a stage's Job. Never imports the operator."""

@@ -1,0 +1,172 @@
+"""The FathomRecipe resource: spec models. The CRD schema is generated from these (see crd.py).
+
+A stage is its common placement fields plus its type's parameter model from `fathom_jobs.specs`,
+flattened into one YAML mapping as users write it:
+`{name: sft-shortest, type: sft, model: base, data: shortest-set, pool: h100, nodes: 2}`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Union
+
+from fathom_jobs import specs
+from fathom_jobs.specs import Spec
+from pydantic import Field
+
+GROUP = "fathom.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "FathomRecipe"
+PLURAL = "fathomrecipes"
+SINGULAR = "fathomrecipe"
+SHORT_NAMES = ["frecipe"]
+BASE = "base"  # the reference name of spec.baseModel
+
+
+class Toleration(Spec):
+    key: str | None = None
+    operator: Literal["Exists", "Equal"] | None = None
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    toleration_seconds: int | None = None
+
+
+class NodePool(Spec):
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[Toleration] = Field(default_factory=list)
+    affinity: dict[str, Any] | None = Field(None, description="A core/v1 Affinity, passed through to the pod.")
+    gpu_resource: str = Field("nvidia.com/gpu", description="Extended resource name of the pool's accelerators.")
+    gpus_per_node: int = Field(0, ge=0, description="GPUs on each node; 0 for a CPU pool.")
+    gpu_hour_usd: float = Field(0.0, ge=0, alias="gpuHourUSD", description="Price of one GPU for one hour.")
+    cpu_hour_usd: float = Field(0.0, ge=0, alias="cpuHourUSD", description="Price of one CPU core for one hour.")
+
+
+class Storage(Spec):
+    uri: str = Field(description="Root of every stage's output: s3://bucket/prefix or file:///path.")
+    endpoint: str | None = Field(None, description="S3 endpoint for MinIO, Ceph, SeaweedFS.")
+    region: str | None = None
+    path_style: bool | None = Field(None, description="Path-style S3 addressing (most self-hosted servers).")
+    credentials_secret: str | None = Field(
+        None, description="Secret with AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, given to Jobs with envFrom."
+    )
+
+
+IMAGE_FAMILIES = ("data", "infer", "train", "merge")
+
+
+class Images(Spec):
+    data: str | None = Field(None, description="prepare, annotate (openai), curate.")
+    infer: str | None = Field(None, description="solve-rate, eval, annotate with a local judge (vLLM).")
+    train: str | None = Field(None, description="sft, grpo (torch, TRL, DeepSpeed, vLLM colocate).")
+    merge: str | None = Field(None, description="merge (mergekit).")
+
+
+class Resources(Spec):
+    cpu: str | None = Field(None, pattern=r"^[0-9]+(\.[0-9]+)?m?$", description="CPU request per pod, e.g. '8' or '500m'.")
+    memory: str | None = Field(None, pattern=r"^[0-9]+(\.[0-9]+)?([EPTGMK]i?|[eE][0-9]+)?$", description="Memory per pod, e.g. '64Gi'.")
+
+
+class StageCommon(Spec):
+    name: str = Field(description="DNS-1123 label; other stages reference this stage by it.")
+    pool: str = Field(description="Node pool (a key of spec.nodePools) the stage runs on.")
+    nodes: int = Field(1, gt=0, description="Nodes for multi-node training (Indexed Job + headless Service).")
+    gpus_per_node: int | None = Field(None, ge=0, description="GPUs per pod; default: the pool's gpusPerNode.")
+    shards: int = Field(1, gt=0, description="Pods that split a sampling stage's problems (Indexed Job).")
+    retries: int = Field(2, ge=0, description="Failed attempts retried with exponential backoff (preemptions are free).")
+    image: str | None = Field(None, description="Overrides the image of the stage's family.")
+    resources: Resources | None = None
+    timeout_seconds: int | None = Field(None, gt=0, description="activeDeadlineSeconds of each attempt.")
+
+
+class PrepareStage(StageCommon, specs.PrepareParams):
+    type: Literal["prepare"]
+
+
+class AnnotateStage(StageCommon, specs.AnnotateParams):
+    type: Literal["annotate"]
+
+
+class SolveRateStage(StageCommon, specs.SolveRateParams):
+    type: Literal["solve-rate"]
+
+
+class CurateStage(StageCommon, specs.CurateParams):
+    type: Literal["curate"]
+
+
+class GrpoStage(StageCommon, specs.GrpoParams):
+    type: Literal["grpo"]
+
+
+class SftStage(StageCommon, specs.SftParams):
+    type: Literal["sft"]
+
+
+class MergeStage(StageCommon, specs.MergeParams):
+    type: Literal["merge"]
+
+
+class EvalStage(StageCommon, specs.EvalParams):
+    type: Literal["eval"]
+
+
+STAGE_MODELS: dict[str, type[StageCommon]] = {
+    "prepare": PrepareStage,
+    "annotate": AnnotateStage,
+    "solve-rate": SolveRateStage,
+    "curate": CurateStage,
+    "grpo": GrpoStage,
+    "sft": SftStage,
+    "merge": MergeStage,
+    "eval": EvalStage,
+}
+assert tuple(STAGE_MODELS) == specs.STAGE_TYPES
+
+Stage = Annotated[
+    Union[PrepareStage, AnnotateStage, SolveRateStage, CurateStage, GrpoStage, SftStage, MergeStage, EvalStage],
+    Field(discriminator="type"),
+]
+
+
+def stage_params(stage: StageCommon) -> specs.Spec:
+    """The job-side parameter model of a stage (its placement fields dropped)."""
+    params_model = specs.PARAMS_BY_TYPE[stage.type]  # type: ignore[attr-defined]
+    data = stage.model_dump(by_alias=True, include=set(params_model.model_fields), exclude_unset=False)
+    return params_model.model_validate(data)
+
+
+class RecipeSpec(Spec):
+    base_model: str = Field(description="The starting model, referenced by stages as `base` (hf://, s3://, file://).")
+    storage: Storage
+    node_pools: dict[str, NodePool] = Field(min_length=1)
+    images: Images = Field(default_factory=Images)
+    hf_token_secret: str | None = Field(None, description="Secret with HF_TOKEN for hf:// models and datasets.")
+    budget_usd: float | None = Field(None, gt=0, alias="budgetUSD", description="Spend limit in USD.")
+    budget_policy: Literal["no-new-stages", "stop-all"] = Field(
+        "no-new-stages", description="At the budget: start nothing new, or also suspend running stages."
+    )
+    suspend: bool = Field(False, description="Suspend running Jobs and start nothing.")
+    queue_name: str | None = Field(None, description="Kueue LocalQueue; Jobs are created suspended for Kueue to admit.")
+    cache: bool = Field(True, description="Skip stages whose output already matches their inputs (memoization).")
+    service_account_name: str | None = Field(None, description="ServiceAccount of the stage pods.")
+    stages: list[Stage] = Field(min_length=1)
+
+
+class ObjectMeta(Spec):
+    """The part of metadata the CLI reads from a file (the API server owns the rest)."""
+
+    model_config = Spec.model_config | {"extra": "ignore"}
+    name: str
+    namespace: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+    uid: str | None = None
+    generation: int | None = None
+
+
+class FathomRecipe(Spec):
+    api_version: Literal["fathom.dev/v1alpha1"]
+    kind: Literal["FathomRecipe"]
+    metadata: ObjectMeta
+    spec: RecipeSpec
+    status: dict[str, Any] | None = None

@@ -1,0 +1,89 @@
+"""The `fathom` command: validate, render and print the CRD (more verbs join as they land)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import yaml
+
+from . import __version__, dag
+from .api.crd import custom_resource_definition
+from .render import render_recipe, stage_gpus
+from .validate import RecipeInvalid, load_recipe
+
+
+def _load(path: str):
+    try:
+        text = Path(path).read_text() if path != "-" else sys.stdin.read()
+    except OSError as exc:
+        print(f"{path}: cannot read: {exc.strerror}", file=sys.stderr)
+        raise SystemExit(1) from None
+    try:
+        return load_recipe(text, source=path)
+    except RecipeInvalid as exc:
+        for error in exc.errors:
+            print(error, file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def dump_yaml(objects: list[dict]) -> str:
+    return yaml.safe_dump_all(objects, sort_keys=False, width=120)
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    recipe = _load(args.file)
+    spec = recipe.spec
+    order = dag.levels(dag.dependencies(spec))
+    print(f"{recipe.metadata.name}: valid - {len(spec.stages)} stages in {len(order)} levels")
+    by_name = {s.name: s for s in spec.stages}
+    deps = dag.dependencies(spec)
+    for depth, level in enumerate(order, 1):
+        for name in level:
+            stage = by_name[name]
+            gpus = stage_gpus(spec, stage)
+            pods = stage.nodes if stage.nodes > 1 else stage.shards
+            where = f"{stage.pool}, {pods} pod{'s' if pods > 1 else ''}" + (f" x {gpus} GPU" if gpus else "")
+            after = f"  <- {', '.join(deps[name])}" if deps[name] else ""
+            print(f"  {depth}. {name:<22} {stage.type:<11} [{where}]{after}")
+    return 0
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    recipe = _load(args.file)
+    sys.stdout.write(dump_yaml(render_recipe(recipe, namespace=args.namespace)))
+    return 0
+
+
+def cmd_crd(args: argparse.Namespace) -> int:
+    sys.stdout.write(dump_yaml([custom_resource_definition()]))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fathom", description="Run Fathom-R1-style post-training recipes on Kubernetes.")
+    parser.add_argument("--version", action="version", version=f"fathom {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, handler: Callable[[argparse.Namespace], int], help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(handler=handler)
+        return p
+
+    add("validate", cmd_validate, "Check a recipe file; print its stages in execution order.").add_argument("file")
+    render = add("render", cmd_render, "Print every Kubernetes object the operator would create (attempt 0).")
+    render.add_argument("file")
+    render.add_argument("-n", "--namespace", help="Namespace of the recipe (default: metadata.namespace or default).")
+    add("crd", cmd_crd, "Print the FathomRecipe CustomResourceDefinition.")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

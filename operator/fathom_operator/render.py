@@ -1,0 +1,281 @@
+"""A stage attempt -> the Kubernetes objects that run it (pure; the operator and `fathom render` share it).
+
+One Job per attempt, named `<recipe>-<stage>-<attempt>` so a restarted operator finds what it
+created. Sharded sampling stages and multi-node training are Indexed Jobs (pod i takes shard i /
+node rank i); multi-node training adds a headless Service for the torchrun rendezvous on index 0.
+The stage's parameters travel as one JSON document (`fathom_jobs.specs.JobSpec`) in
+FATHOM_JOB_SPEC; credentials only by reference (`envFrom: secretRef`) - the operator never reads
+Secrets.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from typing import Any
+
+from fathom_jobs import specs
+
+from . import __version__, dag
+from .api.recipe import BASE, FathomRecipe, RecipeSpec, StageCommon, stage_params
+
+LABEL_RECIPE = "fathom.dev/recipe"
+LABEL_STAGE = "fathom.dev/stage"
+LABEL_ATTEMPT = "fathom.dev/attempt"
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+TORCHRUN_PORT = 29500
+DEFAULT_IMAGE = "ghcr.io/fathom-dev/fathom-{family}:" + __version__
+# Per-GPU defaults fit an 8x H100 node (p5/a3-class: ~200 vCPUs, ~2 TiB); CPU stages get a small pod.
+CPU_PER_GPU, MEMORY_PER_GPU = "16", "200Gi"
+CPU_STAGE_CPU, CPU_STAGE_MEMORY = "4", "16Gi"
+FAMILY_BY_TYPE = {
+    "prepare": "data", "annotate": "data", "curate": "data",
+    "solve-rate": "infer", "eval": "infer",
+    "sft": "train", "grpo": "train", "merge": "merge",
+}
+
+
+def job_name(recipe: str, stage: str, attempt: int, max_len: int = 63) -> str:
+    """`<recipe>-<stage>-<attempt>`; past max_len the recipe part is cut and a hash keeps it unique."""
+    name = f"{recipe}-{stage}-{attempt}"
+    if len(name) <= max_len:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    tail = f"-{digest}-{stage}-{attempt}"
+    head = recipe[: max(1, max_len - len(tail))].rstrip("-.")
+    return (head + tail)[-max_len:].lstrip("-")
+
+
+def service_name(job: str) -> str:
+    """A Service name is a DNS-1035 label: it must start with a letter."""
+    return job if job[0].isalpha() else f"f{job}"[:63].rstrip("-")
+
+
+def stage_output_uri(spec: RecipeSpec, namespace: str, recipe: str, stage: str) -> str:
+    return f"{spec.storage.uri.rstrip('/')}/{namespace}/{recipe}/{stage}/"
+
+
+def stage_by_name(spec: RecipeSpec, name: str) -> StageCommon:
+    return next(s for s in spec.stages if s.name == name)
+
+
+def stage_gpus(spec: RecipeSpec, stage: StageCommon) -> int:
+    """GPUs requested by each pod of the stage."""
+    if stage.gpus_per_node is not None:
+        return stage.gpus_per_node
+    return spec.node_pools[stage.pool].gpus_per_node
+
+
+def stage_pods(stage: StageCommon) -> int:
+    return stage.nodes if stage.nodes > 1 else stage.shards
+
+
+def stage_image(spec: RecipeSpec, stage: StageCommon) -> str:
+    if stage.image:
+        return stage.image
+    family = FAMILY_BY_TYPE[stage.type]  # type: ignore[attr-defined]
+    if stage.type == "annotate" and stage.judge.backend != "openai":  # type: ignore[attr-defined]
+        family = "infer"
+    return getattr(spec.images, family) or DEFAULT_IMAGE.format(family=family)
+
+
+def resolve_reference(spec: RecipeSpec, namespace: str, recipe: str, target: str) -> str:
+    if "://" in target:
+        return target
+    if target == BASE:
+        return spec.base_model
+    return stage_output_uri(spec, namespace, recipe, target)
+
+
+def resolved_params(spec: RecipeSpec, namespace: str, recipe: str, stage: StageCommon) -> dict[str, Any]:
+    """The stage's job parameters with every stage reference replaced by its store URI."""
+    params = stage_params(stage)
+    document = params.model_dump(by_alias=True, mode="json")
+    for ref in dag.references(params):
+        node: Any = document
+        for key in ref.path[:-1]:
+            node = node[key]
+        node[ref.path[-1]] = resolve_reference(spec, namespace, recipe, ref.target)
+    return document
+
+
+def job_spec(recipe: FathomRecipe, stage: StageCommon, attempt: int, namespace: str,
+             resume_from: str | None = None) -> specs.JobSpec:
+    spec = recipe.spec
+    name = recipe.metadata.name
+    return specs.JobSpec(
+        recipe=name,
+        namespace=namespace,
+        stage=stage.name,
+        type=stage.type,  # type: ignore[attr-defined]
+        attempt=attempt,
+        params=resolved_params(spec, namespace, name, stage),
+        output=stage_output_uri(spec, namespace, name, stage.name),
+        storage=specs.StorageOptions(
+            endpoint=spec.storage.endpoint, region=spec.storage.region, path_style=spec.storage.path_style
+        ),
+        resume_from=resume_from,
+        shards=stage.shards,
+        nodes=stage.nodes,
+        gpus_per_node=stage_gpus(spec, stage),
+    )
+
+
+def _resources(spec: RecipeSpec, stage: StageCommon) -> dict[str, Any]:
+    gpus = stage_gpus(spec, stage)
+    pool = spec.node_pools[stage.pool]
+    cpu = (stage.resources and stage.resources.cpu) or (str(int(CPU_PER_GPU) * gpus) if gpus else CPU_STAGE_CPU)
+    memory = (stage.resources and stage.resources.memory) or (
+        f"{int(MEMORY_PER_GPU[:-2]) * gpus}Gi" if gpus else CPU_STAGE_MEMORY
+    )
+    requests: dict[str, Any] = {"cpu": cpu, "memory": memory}
+    limits: dict[str, Any] = {"memory": memory}
+    if gpus:
+        requests[pool.gpu_resource] = gpus
+        limits[pool.gpu_resource] = gpus  # extended resources: requests must equal limits
+    return {"requests": requests, "limits": limits}
+
+
+def _env(recipe: FathomRecipe, stage: StageCommon, job: str, document: specs.JobSpec) -> list[dict[str, Any]]:
+    env = [
+        {"name": "FATHOM_JOB_SPEC", "value": document.model_dump_json(by_alias=True)},
+        {"name": "FATHOM_STAGE_OUTPUT", "value": document.output},
+        {"name": "PYTHONUNBUFFERED", "value": "1"},
+        {"name": "HF_HOME", "value": "/scratch/hf"},
+    ]
+    if stage.nodes > 1:
+        env += [
+            {"name": "NNODES", "value": str(stage.nodes)},
+            {"name": "NPROC_PER_NODE", "value": str(document.gpus_per_node)},
+            {"name": "MASTER_ADDR", "value": f"{job}-0.{service_name(job)}"},
+            {"name": "MASTER_PORT", "value": str(TORCHRUN_PORT)},
+            # JOB_COMPLETION_INDEX is set by the Job controller; torchrun reads NODE_RANK.
+            {"name": "NODE_RANK", "valueFrom": {"fieldRef": {
+                "fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}}},
+        ]
+    return env
+
+
+def _env_from(spec: RecipeSpec, stage: StageCommon) -> list[dict[str, Any]]:
+    secrets = [spec.storage.credentials_secret, spec.hf_token_secret]
+    if stage.type == "annotate":  # type: ignore[attr-defined]
+        secrets.append(stage.judge.api_key_secret)  # type: ignore[attr-defined]
+    return [{"secretRef": {"name": s}} for s in dict.fromkeys(secrets) if s]
+
+
+def labels(recipe: str, stage: str, attempt: int) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": "fathom",
+        "app.kubernetes.io/managed-by": "fathom-operator",
+        LABEL_RECIPE: recipe,
+        LABEL_STAGE: stage,
+        LABEL_ATTEMPT: str(attempt),
+    }
+
+
+def render_stage(recipe: FathomRecipe, stage_name: str, attempt: int = 0, *, namespace: str | None = None,
+                 resume_from: str | None = None, owner: dict[str, Any] | None = None,
+                 suspend: bool = False) -> list[dict[str, Any]]:
+    """The Job (and for multi-node stages the headless Service) of one attempt of one stage."""
+    spec = recipe.spec
+    namespace = namespace or recipe.metadata.namespace or "default"
+    stage = stage_by_name(spec, stage_name)
+    pool = spec.node_pools[stage.pool]
+    pods = stage_pods(stage)
+    indexed = pods > 1
+    # Indexed pods are named <job>-<index> as hostnames: leave room for the index.
+    name = job_name(recipe.metadata.name, stage.name, attempt, 63 - (len(str(pods - 1)) + 1 if indexed else 0))
+    document = job_spec(recipe, stage, attempt, namespace, resume_from)
+    meta_labels = labels(recipe.metadata.name, stage.name, attempt)
+    if spec.queue_name:
+        meta_labels[KUEUE_QUEUE_LABEL] = spec.queue_name
+    metadata: dict[str, Any] = {
+        "name": name,
+        "namespace": namespace,
+        "labels": meta_labels,
+        "annotations": {"fathom.dev/stage-type": stage.type, "fathom.dev/output": document.output},  # type: ignore[attr-defined]
+    }
+    if owner:
+        metadata["ownerReferences"] = [copy.deepcopy(owner)]
+    gpus = stage_gpus(spec, stage)
+    container: dict[str, Any] = {
+        "name": "stage",
+        "image": stage_image(spec, stage),
+        "command": ["python", "-m", "fathom_jobs", stage.type],  # type: ignore[attr-defined]
+        "env": _env(recipe, stage, name, document),
+        "resources": _resources(spec, stage),
+        # A failed stage's last log lines become the pod's message, which the operator reports.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+            "runAsNonRoot": True,
+        },
+        "volumeMounts": [{"name": "scratch", "mountPath": "/scratch"}, {"name": "tmp", "mountPath": "/tmp"}],
+    }
+    if env_from := _env_from(spec, stage):
+        container["envFrom"] = env_from
+    volumes: list[dict[str, Any]] = [{"name": "scratch", "emptyDir": {}}, {"name": "tmp", "emptyDir": {}}]
+    if gpus:
+        # NCCL and dataloader workers need more shared memory than the container default of 64 MiB.
+        container["volumeMounts"].append({"name": "dshm", "mountPath": "/dev/shm"})
+        volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory"}})
+    if stage.nodes > 1:
+        container["ports"] = [{"name": "rendezvous", "containerPort": TORCHRUN_PORT}]
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": 1000,
+            "runAsGroup": 1000,
+            "fsGroup": 1000,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [container],
+        "volumes": volumes,
+    }
+    if pool.node_selector:
+        pod_spec["nodeSelector"] = dict(pool.node_selector)
+    if pool.tolerations:
+        pod_spec["tolerations"] = [t.model_dump(by_alias=True, exclude_none=True) for t in pool.tolerations]
+    if pool.affinity:
+        pod_spec["affinity"] = copy.deepcopy(pool.affinity)
+    if spec.service_account_name:
+        pod_spec["serviceAccountName"] = spec.service_account_name
+    if stage.nodes > 1:
+        pod_spec["subdomain"] = service_name(name)
+    job_spec_body: dict[str, Any] = {
+        # Retries are the operator's (new Job per attempt, with backoff and a preemption rule).
+        "backoffLimit": 0,
+        "completions": pods,
+        "parallelism": pods,
+        "suspend": bool(suspend or spec.queue_name),
+        "template": {"metadata": {"labels": dict(meta_labels)}, "spec": pod_spec},
+    }
+    if indexed:
+        job_spec_body["completionMode"] = "Indexed"
+    if stage.timeout_seconds:
+        job_spec_body["activeDeadlineSeconds"] = stage.timeout_seconds
+    objects: list[dict[str, Any]] = [
+        {"apiVersion": "batch/v1", "kind": "Job", "metadata": metadata, "spec": job_spec_body}
+    ]
+    if stage.nodes > 1:
+        objects.append({
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {**copy.deepcopy(metadata), "name": service_name(name)},
+            "spec": {
+                "clusterIP": "None",
+                # torchrun resolves index 0 before any pod is ready.
+                "publishNotReadyAddresses": True,
+                "selector": {"batch.kubernetes.io/job-name": name},
+                "ports": [{"name": "rendezvous", "port": TORCHRUN_PORT, "targetPort": TORCHRUN_PORT}],
+            },
+        })
+    return objects
+
+
+def render_recipe(recipe: FathomRecipe, namespace: str | None = None) -> list[dict[str, Any]]:
+    """Attempt 0 of every stage, in execution order."""
+    order = [name for level in dag.levels(dag.dependencies(recipe.spec)) for name in level]
+    return [obj for name in order for obj in render_stage(recipe, name, 0, namespace=namespace)]
