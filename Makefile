@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export TORCH_EXTENSIONS_DIR := $(CURDIR)/.torch_extensions
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: install test demo crd constraints clean
+.PHONY: install test demo manifests constraints clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -27,10 +27,12 @@ demo: install
 	$(BIN)/fathom validate manifests/examples/fathom-r1-14b.yaml
 	$(BIN)/fathom render manifests/examples/fathom-r1-14b.yaml
 
-# Regenerate the committed CRD copies from the models (a test fails when they drift).
-crd: install
+# Regenerate the committed CRD copies and install.yaml from the models and the chart
+# (tests fail when they drift).
+manifests: install
 	$(BIN)/fathom crd > manifests/crd.yaml
 	cp manifests/crd.yaml charts/fathom-operator/crds/fathomrecipes.fathom.dev.yaml
+	$(BIN)/python tools/render_install.py
 
 constraints: install
 	{ head -2 constraints.txt; $(BIN)/pip freeze --exclude-editable | sed 's/+cpu$$//'; } > constraints.new && mv constraints.new constraints.txt

@@ -26,7 +26,7 @@ def schema() -> dict[str, Any]:
 def test_committed_crd_equals_fathom_crd(path):
     printed = subprocess.run([sys.executable, "-m", "fathom_operator.cli", "crd"], capture_output=True,
                              text=True, check=True).stdout
-    assert path.read_text() == printed, f"{path} drifted from the models: run `make crd`"
+    assert path.read_text() == printed, f"{path} drifted from the models: run `make manifests`"
 
 
 def _structural_problems(node: dict[str, Any], path: str = "") -> list[str]:
