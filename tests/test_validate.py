@@ -189,3 +189,27 @@ def test_curate_presets_carry_the_seeds_bands():
     shortest = next(s for s in recipe.spec.stages if s.name == "shortest-set").effective()
     assert (shortest.select.solve_rate.at_least, shortest.select.solve_rate.at_most) == (0.1, 0.4)
     assert shortest.keep == "shortest-correct-chain"
+
+
+def test_storage_and_pools_may_come_from_operator_defaults(tmp_path):
+    doc = example(R1)
+    pools = doc["spec"].pop("nodePools")
+    storage = doc["spec"].pop("storage")
+    with pytest.raises(RecipeInvalid) as info:
+        validate_document(doc)
+    assert [str(e) for e in info.value.errors] == [
+        "spec.storage: required: where stage outputs go (no operator default is configured)",
+        "spec.nodePools: required: at least one node pool (no operator default is configured)",
+    ]
+    defaults = {"storage": {**storage, "uri": "s3://team-default"}, "nodePools": pools,
+                "images": {"train": "registry.example/train:1"}}
+    recipe = validate_document(doc, defaults)
+    assert recipe.spec.storage.uri == "s3://team-default" and recipe.spec.images.train == "registry.example/train:1"
+    doc["spec"]["storage"] = {"uri": "s3://mine"}
+    assert validate_document(doc, defaults).spec.storage.uri == "s3://mine"
+
+    recipe_file, defaults_file = tmp_path / "r.yaml", tmp_path / "defaults.json"
+    recipe_file.write_text(yaml.safe_dump(doc))
+    defaults_file.write_text(__import__("json").dumps(defaults))
+    assert fathom("validate", str(recipe_file)).returncode == 1
+    assert fathom("validate", str(recipe_file), "--defaults", str(defaults_file)).returncode == 0

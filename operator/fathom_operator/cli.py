@@ -15,14 +15,30 @@ from .render import render_recipe, stage_gpus
 from .validate import RecipeInvalid, load_recipe
 
 
-def _load(path: str):
+def _read_defaults(path: str | None) -> dict | None:
+    """The operator's defaults file (the Helm chart mounts it); JSON or YAML."""
+    if not path:
+        return None
+    try:
+        loaded = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        print(f"{path}: cannot read defaults: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+    if loaded is not None and not isinstance(loaded, dict):
+        print(f"{path}: defaults must be a mapping", file=sys.stderr)
+        raise SystemExit(1)
+    return loaded
+
+
+def _load(path: str, defaults_path: str | None = None):
+    defaults = _read_defaults(defaults_path)
     try:
         text = Path(path).read_text() if path != "-" else sys.stdin.read()
     except OSError as exc:
         print(f"{path}: cannot read: {exc.strerror}", file=sys.stderr)
         raise SystemExit(1) from None
     try:
-        return load_recipe(text, source=path)
+        return load_recipe(text, source=path, defaults=defaults)
     except RecipeInvalid as exc:
         for error in exc.errors:
             print(error, file=sys.stderr)
@@ -34,7 +50,7 @@ def dump_yaml(objects: list[dict]) -> str:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    recipe = _load(args.file)
+    recipe = _load(args.file, args.defaults)
     spec = recipe.spec
     order = dag.levels(dag.dependencies(spec))
     print(f"{recipe.metadata.name}: valid - {len(spec.stages)} stages in {len(order)} levels")
@@ -52,7 +68,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    recipe = _load(args.file)
+    recipe = _load(args.file, args.defaults)
     sys.stdout.write(dump_yaml(render_recipe(recipe, namespace=args.namespace)))
     return 0
 
@@ -72,10 +88,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(handler=handler)
         return p
 
-    add("validate", cmd_validate, "Check a recipe file; print its stages in execution order.").add_argument("file")
+    defaults_help = "Operator defaults (storage, nodePools, images) as the Helm chart configures them."
+    validate = add("validate", cmd_validate, "Check a recipe file; print its stages in execution order.")
+    validate.add_argument("file")
+    validate.add_argument("--defaults", help=defaults_help)
     render = add("render", cmd_render, "Print every Kubernetes object the operator would create (attempt 0).")
     render.add_argument("file")
     render.add_argument("-n", "--namespace", help="Namespace of the recipe (default: metadata.namespace or default).")
+    render.add_argument("--defaults", help=defaults_help)
     add("crd", cmd_crd, "Print the FathomRecipe CustomResourceDefinition.")
     return parser
 

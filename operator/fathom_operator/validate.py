@@ -100,22 +100,40 @@ def load_document(text: str, source: str = "recipe") -> dict[str, Any]:
     return docs[0]
 
 
-def parse_recipe(doc: dict[str, Any]) -> FathomRecipe:
+def parse_recipe(doc: dict[str, Any], defaults: dict[str, Any] | None = None) -> FathomRecipe:
     """Schema-level parse, with apiVersion/kind checked first so a wrong file says so plainly."""
     if doc.get("apiVersion") != API_VERSION:
         raise RecipeInvalid([FieldError("apiVersion", f"expected {API_VERSION}, got {doc.get('apiVersion')!r}")])
     if doc.get("kind") != KIND:
         raise RecipeInvalid([FieldError("kind", f"expected {KIND}, got {doc.get('kind')!r}")])
+    if isinstance(doc.get("spec"), dict):
+        doc = {**doc, "spec": apply_defaults(doc["spec"], defaults)}
     try:
         return FathomRecipe.model_validate(doc)
     except ValidationError as exc:
         raise RecipeInvalid(_pydantic_errors(exc)) from None
 
 
-def parse_spec(spec: dict[str, Any]) -> RecipeSpec:
+def apply_defaults(spec: dict[str, Any], defaults: dict[str, Any] | None) -> dict[str, Any]:
+    """The operator's defaults (Helm values) under a recipe's spec: the recipe's own values win.
+
+    storage is taken whole when the recipe has none; node pools and images are filled in by name.
+    """
+    if not defaults:
+        return spec
+    merged = dict(spec)
+    if not merged.get("storage") and defaults.get("storage"):
+        merged["storage"] = defaults["storage"]
+    for key in ("nodePools", "images"):
+        if defaults.get(key):
+            merged[key] = {**defaults[key], **(merged.get(key) or {})}
+    return merged
+
+
+def parse_spec(spec: dict[str, Any], defaults: dict[str, Any] | None = None) -> RecipeSpec:
     """Parse a `spec` alone (the operator gets it from kopf): errors are prefixed with `spec.`."""
     try:
-        return RecipeSpec.model_validate(spec)
+        return RecipeSpec.model_validate(apply_defaults(spec, defaults))
     except ValidationError as exc:
         raise RecipeInvalid(_pydantic_errors(exc, prefix="spec.")) from None
 
@@ -254,11 +272,16 @@ def _check_references(spec: RecipeSpec) -> list[FieldError]:
 def check_spec(spec: RecipeSpec) -> list[FieldError]:
     """Semantic checks beyond the schema; every error carries its field path."""
     errors: list[FieldError] = []
-    if msg := _uri_error(spec.storage.uri, ("s3://", "file://")):
+    if spec.storage is None:
+        errors.append(FieldError("spec.storage", "required: where stage outputs go (no operator default is configured)"))
+    elif msg := _uri_error(spec.storage.uri, ("s3://", "file://")):
         errors.append(FieldError("spec.storage.uri", msg))
+    if not spec.node_pools:
+        return errors + [FieldError("spec.nodePools", "required: at least one node pool (no operator default is configured)")]
     if msg := _uri_error(spec.base_model, specs.STORE_SCHEMES):
         errors.append(FieldError("spec.baseModel", msg))
-    secrets = [("spec.storage.credentialsSecret", spec.storage.credentials_secret), ("spec.hfTokenSecret", spec.hf_token_secret)]
+    secrets = [("spec.storage.credentialsSecret", spec.storage and spec.storage.credentials_secret),
+               ("spec.hfTokenSecret", spec.hf_token_secret)]
     secrets += [(f"spec.stages[{i}].judge.apiKeySecret", s.judge.api_key_secret) for i, s in enumerate(spec.stages) if s.type == "annotate"]
     for path, name in secrets:
         if name is not None and not DNS_SUBDOMAIN.match(name):
@@ -289,8 +312,8 @@ def check_spec(spec: RecipeSpec) -> list[FieldError]:
     return errors
 
 
-def validate_document(doc: dict[str, Any]) -> FathomRecipe:
-    recipe = parse_recipe(doc)
+def validate_document(doc: dict[str, Any], defaults: dict[str, Any] | None = None) -> FathomRecipe:
+    recipe = parse_recipe(doc, defaults)
     errors = []
     if not DNS_SUBDOMAIN.match(recipe.metadata.name) or len(recipe.metadata.name) > 253:
         errors.append(FieldError("metadata.name", f"{recipe.metadata.name!r} is not a DNS-1123 subdomain"))
@@ -300,6 +323,6 @@ def validate_document(doc: dict[str, Any]) -> FathomRecipe:
     return recipe
 
 
-def load_recipe(text: str, source: str = "recipe") -> FathomRecipe:
+def load_recipe(text: str, source: str = "recipe", defaults: dict[str, Any] | None = None) -> FathomRecipe:
     """YAML text -> a validated FathomRecipe, or RecipeInvalid with every error found."""
-    return validate_document(load_document(text, source))
+    return validate_document(load_document(text, source), defaults)

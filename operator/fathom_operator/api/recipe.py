@@ -137,8 +137,10 @@ def stage_params(stage: StageCommon) -> specs.Spec:
 
 class RecipeSpec(Spec):
     base_model: str = Field(description="The starting model, referenced by stages as `base` (hf://, s3://, file://).")
-    storage: Storage
-    node_pools: dict[str, NodePool] = Field(min_length=1)
+    storage: Storage | None = Field(None, description="Required unless the operator has a default (Helm values).")
+    node_pools: dict[str, NodePool] = Field(
+        default_factory=dict, description="Required unless the operator has defaults (Helm values)."
+    )
     images: Images = Field(default_factory=Images)
     hf_token_secret: str | None = Field(None, description="Secret with HF_TOKEN for hf:// models and datasets.")
     budget_usd: float | None = Field(None, gt=0, alias="budgetUSD", description="Spend limit in USD.")
