@@ -33,6 +33,7 @@ manifests: install
 	$(BIN)/fathom crd > manifests/crd.yaml
 	cp manifests/crd.yaml charts/fathom-operator/crds/fathomrecipes.fathom.dev.yaml
 	$(BIN)/python tools/render_install.py
+	$(BIN)/python -c "from fathom_operator.api.reference import recipe_reference as r; open('docs/recipe-reference.md', 'w').write(r())"
 
 constraints: install
 	{ head -2 constraints.txt; $(BIN)/pip freeze --exclude-editable | sed 's/+cpu$$//'; } > constraints.new && mv constraints.new constraints.txt

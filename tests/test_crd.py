@@ -121,3 +121,12 @@ def test_status_fields_have_schema():
 @pytest.mark.parametrize("version", K8S_VERSIONS)
 def test_crd_is_a_valid_kubernetes_object(version):
     kubernetes_validate.validate(custom_resource_definition(), version, strict=True)
+
+
+def test_recipe_reference_is_generated_from_the_models():
+    from fathom_operator.api.reference import recipe_reference
+
+    committed = (ROOT / "docs" / "recipe-reference.md").read_text()
+    assert committed == recipe_reference(), "docs/recipe-reference.md drifted from the models: run `make manifests`"
+    for field in ("`baseModel`", "`budgetUSD`", "`maxLength`", "`numGenerations`", "`solveRate`"):
+        assert field in committed
