@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from . import __version__, dag
+from . import __version__, dag, results
 from .api.crd import custom_resource_definition
 from .render import render_recipe, stage_gpus
 from .validate import RecipeInvalid, load_recipe
@@ -97,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("-n", "--namespace", help="Namespace of the recipe (default: metadata.namespace or default).")
     render.add_argument("--defaults", help=defaults_help)
     add("crd", cmd_crd, "Print the FathomRecipe CustomResourceDefinition.")
+    report = add("report", results.cmd_report, "Print eval results and cost per stage (the seeds' tables).")
+    results.add_report_arguments(report)
     return parser
 
 
