@@ -23,9 +23,12 @@ install: $(STAMP)
 test: install
 	$(BIN)/python -m pytest -q
 
+# The whole recipe on one CPU: a tiny random Qwen2 built locally, every stage type, ./runs as the store.
+# Rerunning is memoized; delete runs/local to start over.
 demo: install
 	$(BIN)/fathom validate manifests/examples/fathom-r1-14b.yaml
-	$(BIN)/fathom render manifests/examples/fathom-r1-14b.yaml
+	$(BIN)/python -m fathom_jobs.tiny runs/tiny-qwen2
+	$(BIN)/fathom run --local manifests/examples/tiny-cpu.yaml
 
 # Regenerate the committed CRD copies and install.yaml from the models and the chart
 # (tests fail when they drift).

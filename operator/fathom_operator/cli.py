@@ -78,6 +78,25 @@ def cmd_crd(args: argparse.Namespace) -> int:
     return 0
 
 
+def _runner(name: str) -> Callable:
+    """The cluster commands live in runner.py; kopf and the client are imported only when they run."""
+    from . import runner
+
+    return getattr(runner, name)
+
+
+def _local_run(args: argparse.Namespace) -> int:
+    from .localview import cmd_run
+
+    return cmd_run(args)
+
+
+def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    from .localview import add_run_arguments
+
+    add_run_arguments(parser)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fathom", description="Run Fathom-R1-style post-training recipes on Kubernetes.")
     parser.add_argument("--version", action="version", version=f"fathom {__version__}")
@@ -97,6 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("-n", "--namespace", help="Namespace of the recipe (default: metadata.namespace or default).")
     render.add_argument("--defaults", help=defaults_help)
     add("crd", cmd_crd, "Print the FathomRecipe CustomResourceDefinition.")
+    operator = add("operator", _runner("cmd_operator"), "Run the operator against the current kubeconfig (or in-cluster).")
+    _runner("add_operator_arguments")(operator)
+    cost = add("cost", _runner("cmd_cost"), "Print a recipe's GPU-hours and USD per stage, from the cluster.")
+    _runner("add_cost_arguments")(cost)
+    run = add("run", _local_run, "Run a recipe end to end on this machine (--local): stages as local processes.")
+    _add_run_arguments(run)
     report = add("report", results.cmd_report, "Print eval results and cost per stage (the seeds' tables).")
     results.add_report_arguments(report)
     return parser

@@ -34,6 +34,23 @@ class StageProgress(Spec):
     message: str | None = None
 
 
+AttemptOutcome = Literal["Succeeded", "Failed", "Preempted", "Superseded"]
+
+
+class AttemptRecord(Spec):
+    """One finished attempt. Kept so costs and retry counts survive deleted Jobs and restarts."""
+
+    attempt: int = Field(ge=0)
+    job: str
+    outcome: AttemptOutcome
+    fingerprint: str | None = Field(None, description="The stage's spec fingerprint the attempt ran with.")
+    start_time: str | None = None
+    completion_time: str | None = None
+    gpu_hours: float = 0.0
+    cost_usd: float = Field(0.0, alias="costUSD")
+    message: str | None = None
+
+
 class StageStatus(Spec):
     phase: StagePhase = "Pending"
     attempts: int = Field(0, ge=0, description="Attempts started; preempted ones included.")
@@ -51,6 +68,9 @@ class StageStatus(Spec):
     fingerprint: str | None = None
     message: str | None = None
     metrics: dict[str, Any] | None = None
+    history: list[AttemptRecord] = Field(
+        default_factory=list, description="Finished attempts, oldest first; failed and preempted ones are the waste."
+    )
 
 
 class CostTotals(Spec):

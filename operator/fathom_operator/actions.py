@@ -1,0 +1,31 @@
+"""What a plan asks for: the objects to create or change, the events, the new status (plain data)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .api.status import RecipeStatus
+from .progress import Read
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+
+
+@dataclass
+class Plan:
+    status: dict[str, Any]
+    create: list[list[dict[str, Any]]] = field(default_factory=list)  # per attempt, in creation order
+    suspend: list[tuple[str, bool]] = field(default_factory=list)  # (job, suspend?)
+    delete: list[tuple[str, str]] = field(default_factory=list)  # (kind, name): Job or Service
+    events: list[Event] = field(default_factory=list)
+    reads: list[Read] = field(default_factory=list)
+    requeue_after: float | None = None
+
+
+def dump_status(status: RecipeStatus) -> dict[str, Any]:
+    return status.model_dump(by_alias=True, exclude_none=True, mode="json")

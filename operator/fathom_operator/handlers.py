@@ -1,0 +1,80 @@
+"""kopf glue: one small handler per concern. Importing this module registers them.
+
+- login: the same credentials for kopf and for the operator's own API calls;
+- startup/cleanup: settings and the shared Runtime (put in the operator's memo);
+- two indexes: the operator's Jobs and Pods (label `fathom.dev/recipe`), slimmed to observations;
+  every change also wakes that recipe's worker (kopf calls indexers on every event, so a separate
+  event handler per kind would only double the per-event work);
+- one poke: a recipe's spec changed -> wake its worker;
+- one daemon per recipe: the worker loop (reconcile on start/resume, on pokes, on a timer).
+
+The control logic is in `plan`; applying it is in `reconcile`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+
+from . import observe
+from .api.recipe import GROUP, PLURAL, VERSION
+from .kube import connection_info, load_configuration
+from .reconcile import OperatorConfig, Runtime
+from .render import LABEL_RECIPE
+
+OURS = {LABEL_RECIPE: kopf.PRESENT}
+
+
+@kopf.on.login()
+def login(memo: kopf.Memo, **_: Any) -> kopf.ConnectionInfo:
+    config = memo.get("config")
+    return connection_info(load_configuration(config.kubeconfig if config else None))
+
+
+@kopf.on.startup()
+async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    config: OperatorConfig = memo.get("config") or OperatorConfig.from_env()
+    settings.persistence.finalizer = config.finalizer
+    # Our own events are posted explicitly; kopf's per-handler log lines would drown them.
+    settings.posting.level = logging.WARNING
+    # Server-side filtering: only the operator's own Jobs and Pods reach this process.
+    settings.watching.label_selectors["batch", "jobs"] = LABEL_RECIPE
+    settings.watching.label_selectors["pods"] = LABEL_RECIPE
+    memo["fathom"] = Runtime(config)
+
+
+@kopf.on.cleanup()
+async def stop(memo: kopf.Memo, **_: Any) -> None:
+    if "fathom" in memo:
+        memo["fathom"].close()
+
+
+@kopf.index("batch", "v1", "jobs", labels=OURS)
+async def fathom_jobs(body: kopf.Body, namespace: str, memo: kopf.Memo, **_: Any) -> dict[Any, Any]:
+    found = observe.observe_job(body)
+    if found is None:
+        return {}
+    memo["fathom"].poke(namespace, found.recipe)
+    return {(namespace, found.recipe): found}
+
+
+@kopf.index("v1", "pods", labels=OURS)
+async def fathom_pods(body: kopf.Body, namespace: str, memo: kopf.Memo, **_: Any) -> dict[Any, Any]:
+    found = observe.observe_pod(body)
+    if found is None:
+        return {}
+    memo["fathom"].poke(namespace, found.recipe)
+    return {(namespace, found.recipe): found}
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL)
+async def recipe_changed(namespace: str, name: str, spec: kopf.Spec, memo: kopf.Memo, **_: Any) -> None:
+    memo["fathom"].spec_changed(namespace, name, spec)
+
+
+@kopf.daemon(GROUP, VERSION, PLURAL, id="reconcile", cancellation_timeout=10.0)
+async def reconcile(body: kopf.Body, namespace: str, name: str, memo: kopf.Memo, stopped: kopf.DaemonStopped,
+                    logger: logging.Logger, fathom_jobs: kopf.Index, fathom_pods: kopf.Index, **_: Any) -> None:
+    await memo["fathom"].run_worker(body, namespace, name, stopped, fathom_jobs, fathom_pods, logger)
