@@ -21,6 +21,7 @@ Rules, per stage in DAG order (the status is rebuilt from scratch every time):
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -87,9 +88,6 @@ def parse(name: str, namespace: str, spec: Any, defaults: dict[str, Any] | None 
         recipe = validate_document(document, defaults)
     except RecipeInvalid as exc:
         return exc.errors
-    if len(name) > 63:  # the name is a label value on every Job and Pod of the recipe
-        return [FieldError("metadata.name", f"{len(name)} characters; at most 63 for a recipe the operator runs "
-                                            "(its Jobs carry it in the fathom.dev/recipe label)")]
     deps = dag.dependencies(recipe.spec)
     order = [n for level in dag.levels(deps) for n in level]
     weights = {s.name: stage_pods(s) * max(1, stage_gpus(recipe.spec, s)) for s in recipe.spec.stages}
@@ -283,10 +281,13 @@ class _Planner:
                                resume_from=resume, owner=owner if self.inp.uid else None)
         for obj in objects:
             obj["metadata"].setdefault("annotations", {})[ANNOTATION_FINGERPRINT] = fp
-        container = objects[0]["spec"]["template"]["spec"]["containers"][0]
-        if not any(e["name"] == "FATHOM_IMAGE" for e in container["env"]):
-            # The job fingerprints its output with its image; the memo check must see the same one.
-            container["env"].append({"name": "FATHOM_IMAGE", "value": container["image"]})
+        if stage_by_name(self.spec, name).type == "eval":
+            # The report's cost section: what every other stage has cost so far.
+            costs = {stage: {"gpuHours": round(sum(r.gpu_hours for r in records), 4),
+                             "costUSD": round(sum(r.cost_usd for r in records), 4)}
+                     for stage, records in self.history.items() if stage != name}
+            container = objects[0]["spec"]["template"]["spec"]["containers"][0]
+            container["env"].append({"name": "FATHOM_STAGE_COSTS", "value": json.dumps(costs, sort_keys=True)})
         return objects[1:] + objects[:1]  # the headless Service first: a killed operator never leaves a Job without it
 
     def follow(self, name: str, st: StageStatus, a: Attempt) -> None:

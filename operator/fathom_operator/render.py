@@ -136,10 +136,12 @@ def _resources(spec: RecipeSpec, stage: StageCommon) -> dict[str, Any]:
     return {"requests": requests, "limits": limits}
 
 
-def _env(recipe: FathomRecipe, stage: StageCommon, job: str, document: specs.JobSpec) -> list[dict[str, Any]]:
+def _env(stage: StageCommon, job: str, document: specs.JobSpec, image: str) -> list[dict[str, Any]]:
     env = [
         {"name": "FATHOM_JOB_SPEC", "value": document.model_dump_json(by_alias=True)},
         {"name": "FATHOM_STAGE_OUTPUT", "value": document.output},
+        # The job fingerprints its output with its image; the operator's memo check uses the same.
+        {"name": "FATHOM_IMAGE", "value": image},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
         {"name": "HF_HOME", "value": "/scratch/hf"},
     ]
@@ -202,7 +204,7 @@ def render_stage(recipe: FathomRecipe, stage_name: str, attempt: int = 0, *, nam
         "name": "stage",
         "image": stage_image(spec, stage),
         "command": ["python", "-m", "fathom_jobs", stage.type],  # type: ignore[attr-defined]
-        "env": _env(recipe, stage, name, document),
+        "env": _env(stage, name, document, stage_image(spec, stage)),
         "resources": _resources(spec, stage),
         # A failed stage's last log lines become the pod's message, which the operator reports.
         "terminationMessagePolicy": "FallbackToLogsOnError",

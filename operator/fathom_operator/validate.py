@@ -315,8 +315,11 @@ def check_spec(spec: RecipeSpec) -> list[FieldError]:
 def validate_document(doc: dict[str, Any], defaults: dict[str, Any] | None = None) -> FathomRecipe:
     recipe = parse_recipe(doc, defaults)
     errors = []
-    if not DNS_SUBDOMAIN.match(recipe.metadata.name) or len(recipe.metadata.name) > 253:
+    if not DNS_SUBDOMAIN.match(recipe.metadata.name):
         errors.append(FieldError("metadata.name", f"{recipe.metadata.name!r} is not a DNS-1123 subdomain"))
+    elif len(recipe.metadata.name) > 63:  # it is a label value on every Job and Pod of the recipe
+        errors.append(FieldError("metadata.name", f"{len(recipe.metadata.name)} characters; at most 63 for a recipe "
+                                                  "the operator runs (its Jobs carry it in the fathom.dev/recipe label)"))
     errors += check_spec(recipe.spec)
     if errors:
         raise RecipeInvalid(errors)
