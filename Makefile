@@ -5,6 +5,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export TORCH_EXTENSIONS_DIR := $(CURDIR)/.torch_extensions
 export PYTHONDONTWRITEBYTECODE := 1
+# botocore must never probe a cloud metadata address for credentials here (no network but loopback).
+export AWS_EC2_METADATA_DISABLED := true
 
 .PHONY: install test demo manifests constraints clean
 
