@@ -343,9 +343,10 @@ def test_memoized_stage_is_cached_with_no_job_and_no_cost():
     memo = result.reads[0]
     assert memo.args["output"] == f"s3://fathom-runs/{NS}/{NAME}/corpus/" and memo.args["stage_type"] == "prepare"
     asked = []
-    result = sim.step(answer=lambda read: asked.append(read.stage) or {"hit": read.stage == "corpus"})
+    result = sim.step(answer=lambda read: asked.append((read.kind, read.stage)) or {"hit": read.stage == "corpus"})
     assert sim.stage("corpus")["phase"] == "Cached" and sim.stage("corpus")["costUSD"] == 0.0
-    assert asked == ["corpus", "difficulty"]  # each stage is checked just before it would start
+    # Each stage is checked just before it would start; a cached one's metrics are read like a finished one's.
+    assert asked == [("memo", "corpus"), ("metrics", "corpus"), ("memo", "difficulty")]
     assert created(result) == [f"{NAME}-difficulty-0"]
     assert ("Normal", "StageCached", "corpus: the store already holds this output; no Job needed") in sim.events
 

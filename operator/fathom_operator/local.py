@@ -248,6 +248,7 @@ class LocalRun:
     options: planning.Options = field(default_factory=lambda: planning.Options(backoff_seconds=2.0, progress_seconds=2.0))
     status: dict[str, Any] = field(default_factory=dict)
     facts: dict[tuple[str, str], Any] = field(default_factory=dict)
+    pending_reads: bool = False
 
     def __post_init__(self) -> None:
         self.parsed = planning.parse(self.name, NAMESPACE, self.spec)
@@ -277,10 +278,13 @@ class LocalRun:
             self.cluster.delete(kind, name)
         self.cluster.step()
         self.status = result.status
+        self.pending_reads = bool(result.reads)
         return result
 
     def finished(self) -> bool:
-        return self.status.get("phase") in ("Succeeded", "Failed") and not self.cluster.busy()
+        # Store reads still open (e.g. a cached eval stage's results) would change the status.
+        done = self.status.get("phase") in ("Succeeded", "Failed") and not self.pending_reads
+        return done and not self.cluster.busy()
 
 
 def load_local(path: Path, runs_dir: Path) -> tuple[str, dict[str, Any]]:

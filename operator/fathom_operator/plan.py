@@ -252,6 +252,7 @@ class _Planner:
                 return
             if memo.value and memo.value.get("hit"):
                 st.phase, st.output, st.message = "Cached", output, "the store already holds this output"
+                self.finished(name, st, self.old.stages.get(name))  # its metrics (and eval results) too
                 return
         attempt = self.next_attempt(name)
         resume = None
@@ -328,7 +329,7 @@ class _Planner:
             st.progress = prev.progress  # keep the last good reading through a store hiccup
 
     def finished(self, name: str, st: StageStatus, prev: StageStatus | None) -> None:
-        """Succeeded: pick up metrics.json (and eval results) once."""
+        """Succeeded or Cached: pick up metrics.json (and eval results) once."""
         fp = self.p.fingerprints[name]
         if prev is not None and prev.fingerprint == fp and prev.metrics is not None:
             st.metrics = prev.metrics
@@ -361,7 +362,8 @@ class _Planner:
         output = stage_output_uri(self.spec, self.inp.namespace, self.inp.name, name)
         success = next((r for r in mine if r.outcome == "Succeeded"), None)
         if prev is not None and prev.phase == "Cached" and prev.fingerprint == fp and not mine and live is None:
-            st.phase, st.output, st.message, st.metrics = "Cached", output, prev.message, prev.metrics
+            st.phase, st.output, st.message = "Cached", output, prev.message
+            self.finished(name, st, prev)
         elif success is not None:
             st.phase, st.output, st.job, st.completion_time = "Succeeded", output, success.job, success.completion_time
             self.finished(name, st, prev)

@@ -134,7 +134,7 @@ def rollup(planner: _Planner) -> Plan:
     results: dict[str, dict] = {}
     report = None
     for n in order:
-        if phases[n] == "Succeeded" and stage_by_name(spec, n).type == "eval":  # type: ignore[attr-defined]
+        if phases[n] in ("Succeeded", "Cached") and stage_by_name(spec, n).type == "eval":  # type: ignore[attr-defined]
             found = _eval_results(stages[n], inp.facts.get(("metrics", n)))
             if found is not None:
                 results, report = merge_results(results, found["results"]), found["report"]
@@ -158,7 +158,7 @@ def rollup(planner: _Planner) -> Plan:
 
 
 def _eval_results(st: StageStatus, fact: Any) -> dict[str, Any] | None:
-    """status.results and report of a succeeded eval stage, from its metrics.json (or results.json)."""
+    """status.results and report of a finished (or cached) eval stage, from its metrics.json or results.json."""
     documents = [st.metrics]
     if fact is not None and fact.key == st.fingerprint and fact.value:
         documents.append(fact.value.get("results"))
