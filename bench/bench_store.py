@@ -1,7 +1,8 @@
 """Benchmark: the artifact store's upload/download to a local S3 server vs a plain local copy.
 
 Creates a synthetic checkpoint (safetensors-like shards of random bytes, 2 GB by default),
-starts SeaweedFS on 127.0.0.1 (tests/s3server.py: telemetry off, loopback only), then times
+starts SeaweedFS through tests/s3server.py, which always passes -master.telemetry=false and
+-ip.bind=127.0.0.1 (no phoning home, loopback only), then times
   - local copy:  shutil.copyfile of every shard (the baseline),
   - upload:      Store.upload_dir   (sha256 of every file + multipart upload + manifest),
   - download:    Store.download_dir (parallel ranged GETs + sha256 verification of every file),

@@ -91,7 +91,7 @@ class SeaweedServer:
             f"-dir={self.data_dir}",
             # Safety: never phone home, never listen beyond loopback.
             "-master.telemetry=false",
-            f"-ip={HOST}", f"-ip.bind={HOST}",
+            "-ip=127.0.0.1", "-ip.bind=127.0.0.1",  # literal on purpose: HOST must never change this
             "-admin.ui=false", "-webdav=false",
             "-s3.port.iceberg=0", "-s3.port.lance=0",
             f"-s3.port={p['s3']}", f"-s3.port.grpc={p['s3'] + 10000}",
