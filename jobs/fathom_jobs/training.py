@@ -26,6 +26,7 @@ import re
 import shutil
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from transformers import TrainerCallback  # this module serves the training stages only
@@ -54,6 +55,32 @@ NOT_PART_OF_MODEL = ("training_args.bin", "README.md")
 
 
 # ---------------------------------------------------------------------------------- trainer args
+def run_training(job: JobSpec, params: TrainingParams, train: Callable[..., None],
+                 check: Callable[[], None] | None = None) -> None:
+    """The shape every training stage's run() shares: skip when the store already holds this output,
+    re-launch under torchrun when the job spans GPUs, else train here; a worker's bad input becomes
+    the pod's one-line message."""
+    from . import launch
+    from .datasets import dataset_identity
+    from .parts import is_complete, stage_fingerprint
+
+    store = store_for(job.output, job.storage)
+    fingerprint = stage_fingerprint(job, [dataset_identity(params.data, job.storage),  # type: ignore[attr-defined]
+                                          dataset_identity(params.model, job.storage)])
+    if is_complete(store, fingerprint):
+        log.info("%s is complete for these inputs", store.uri)
+        return
+    if check is not None:
+        check()
+    if launch.relaunch_distributed(job):
+        return
+    try:
+        train(job, params, store, fingerprint)
+    except StageInputError as exc:
+        launch.report_input_error(exc)
+        raise
+
+
 def deepspeed_config(choice: str) -> str | None:
     return None if choice == "none" else str(CONFIG_DIR / f"{choice}.json")
 

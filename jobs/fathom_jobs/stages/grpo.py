@@ -23,10 +23,9 @@ import time
 from typing import Any
 
 from .. import launch, training
-from ..datasets import dataset_identity, read_dataset
+from ..datasets import read_dataset
 from ..errors import StageInputError
-from ..inputs import fetch, store_for
-from ..parts import is_complete, stage_fingerprint
+from ..inputs import fetch
 from ..rewards import MAX_RANK_SAFE_WEIGHT, chain_rewards, is_capped
 from ..specs import GrpoParams, JobSpec
 
@@ -166,20 +165,8 @@ def reward_summary(log_history: list[dict[str, Any]]) -> dict[str, Any]:
 
 def run(job: JobSpec) -> None:
     params = GrpoParams.model_validate(job.params)
-    store = store_for(job.output, job.storage)
-    fingerprint = stage_fingerprint(job, [dataset_identity(params.data, job.storage),
-                                          dataset_identity(params.model, job.storage)])
-    if is_complete(store, fingerprint):
-        log.info("%s is complete for these inputs", store.uri)
-        return
-    check_group_layout(params, launch.process_layout(job, os.environ).world_size)
-    if launch.relaunch_distributed(job):
-        return
-    try:
-        train(job, params, store, fingerprint)
-    except StageInputError as exc:
-        launch.report_input_error(exc)
-        raise
+    training.run_training(job, params, train, check=lambda: check_group_layout(
+        params, launch.process_layout(job, os.environ).world_size))
 
 
 def train(job: JobSpec, params: GrpoParams, store, fingerprint: str) -> None:

@@ -25,11 +25,10 @@ import shutil
 import time
 from typing import Any
 
-from .. import launch, training
-from ..datasets import dataset_identity, read_dataset, require_columns
+from .. import training
+from ..datasets import read_dataset, require_columns
 from ..errors import StageInputError
-from ..inputs import fetch, store_for
-from ..parts import is_complete, stage_fingerprint
+from ..inputs import fetch
 from ..specs import JobSpec, SftParams
 
 log = logging.getLogger("fathom_jobs.sft")
@@ -149,20 +148,7 @@ def build_trainer(params: SftParams, model_dir, tokenizer, examples: list[dict[s
 
 
 def run(job: JobSpec) -> None:
-    params = SftParams.model_validate(job.params)
-    store = store_for(job.output, job.storage)
-    fingerprint = stage_fingerprint(job, [dataset_identity(params.data, job.storage),
-                                          dataset_identity(params.model, job.storage)])
-    if is_complete(store, fingerprint):
-        log.info("%s is complete for these inputs", store.uri)
-        return
-    if launch.relaunch_distributed(job):
-        return
-    try:
-        train(job, params, store, fingerprint)
-    except StageInputError as exc:
-        launch.report_input_error(exc)
-        raise
+    training.run_training(job, SftParams.model_validate(job.params), train)
 
 
 def train(job: JobSpec, params: SftParams, store, fingerprint: str) -> None:
