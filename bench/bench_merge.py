@@ -5,10 +5,10 @@
 Builds two Qwen2-shaped checkpoints of about `--gb` GB each (bf16 safetensors in ~1 GB shards,
 random weights, the tensor names of Qwen2ForCausalLM), then times, alternately, `--rounds` times:
 
-- plain I/O: read both checkpoints with safetensors and write one of them back out: the least any
-  merge has to do (two reads, one write);
-- merge: `fathom_jobs.stages.merge.merge_models`, i.e. mergekit's linear merge with the stage's
-  options (summed in float32, written in bf16);
+- plain I/O: read both checkpoints' files into memory and write one of them back out: the least
+  any merge has to do (two reads, one write);
+- merge: `fathom_jobs.stages.merge.merge_models`, i.e. mergekit with the stage's options and its
+  chunked linear kernel (summed in float32, written in bf16);
 - check: the stage's verification of the result (every tensor's header, rows recomputed).
 
 Two regimes, the same for both contestants: "warm" (inputs in the page cache, as right after the
@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 HIDDEN, INTERMEDIATE, KV = 2048, 5632, 256  # GQA: 2 KV heads of 128
 VOCAB = 32000
@@ -91,12 +91,22 @@ def write_checkpoint(directory: Path, layers: int, seed: int) -> int:
 
 
 def plain_io(inputs: list[Path], out: Path) -> None:
-    """Read every shard of both inputs, write the first one's tensors back out."""
+    """Read every shard of both inputs into memory, write the first one's bytes back out.
+
+    Plain file I/O with one reused buffer per input: the least any merge has to do. (safetensors'
+    `load_file` is no baseline: it maps the file and reads no tensor data until a tensor is used.)
+    """
     out.mkdir()
-    for shard in sorted(inputs[0].glob("*.safetensors")):
-        first = load_file(str(shard))
-        load_file(str(inputs[1] / shard.name))
-        save_file(first, str(out / shard.name), metadata={"format": "pt"})
+    shards = sorted(inputs[0].glob("*.safetensors"))
+    largest = max(path.stat().st_size for shard in shards for path in (shard, inputs[1] / shard.name))
+    buffers = [bytearray(largest), bytearray(largest)]
+    for shard in shards:
+        sizes = []
+        for buffer, path in zip(buffers, (shard, inputs[1] / shard.name), strict=True):
+            with path.open("rb", buffering=0) as handle:
+                sizes.append(handle.readinto(buffer))
+        with (out / shard.name).open("wb", buffering=0) as handle:
+            handle.write(memoryview(buffers[0])[: sizes[0]])
 
 
 def merge_and_check(inputs: list[Path], params, expected, out: Path, check_times: list[float]) -> None:

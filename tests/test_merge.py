@@ -1,5 +1,6 @@
-"""merge: the linear merge equals the weighted average of its inputs, the check catches a bad result
-and mismatched inputs, and the CLI commits a bf16 model with tokenizer and chat template."""
+"""merge: the linear merge equals the weighted average of its inputs (in one shard or many), the check
+catches a bad result and mismatched inputs, and the CLI commits a bf16 model with tokenizer and chat
+template."""
 
 from __future__ import annotations
 
@@ -107,3 +108,25 @@ def test_merge_through_the_cli_commits_bf16_with_tokenizer_and_chat_template(tmp
     for name, tensor in merged.items():
         assert tensor.dtype == torch.bfloat16
         assert torch.equal(tensor, (0.5 * wa[name] + 0.25 * wb[name]).to(torch.bfloat16))
+
+
+def test_a_merge_written_in_many_shards_loads_as_one_model(tmp_path, tiny_model_dir, monkeypatch):
+    # Real merges write 512 MB shards while the next ones are merged; here shards of 64 KB.
+    from transformers import AutoModelForCausalLM
+
+    monkeypatch.setattr(merge, "OUT_SHARD_BYTES", 64 * 1024)
+    a = checkpoint(tmp_path, tiny_model_dir, "a", seed=1)
+    b = checkpoint(tmp_path, tiny_model_dir, "b", seed=2)
+    params = MergeParams.model_validate({"models": [{"model": "a", "weight": 1}, {"model": "b", "weight": 3}],
+                                         "dtype": "float32"})
+    out = tmp_path / "out"
+    merge.merge_models([a, b], params, out)
+    shards = sorted(out.glob("*.safetensors"))
+    assert len(shards) > 3 and (out / "model.safetensors.index.json").exists()
+    assert merge.verify_merge(out, [a, b], [0.25, 0.75], "float32", merge.check_inputs([a, b], ["a", "b"]))
+    model = AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32)
+    wa, wb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
+    loaded = model.state_dict()
+    assert set(wa) <= set(loaded)
+    for name in wa:
+        torch.testing.assert_close(loaded[name], 0.25 * wa[name] + 0.75 * wb[name], rtol=1e-6, atol=1e-7)

@@ -2,7 +2,9 @@
 
     merged[t] = sum_i w_i * model_i[t]  /  (sum_i w_i if normalize else 1)
 
-for every tensor t, computed in float32 and written in `dtype`. Before anything is uploaded the
+for every tensor t, computed in float32 and written in `dtype`. mergekit plans, loads and writes;
+the arithmetic is `merge_kernel.py`'s chunked form of mergekit's linear kernel (the same sum, a
+tenth of the memory traffic). Before anything is uploaded the
 result is checked against the inputs: the same tensor names and shapes, floating tensors in
 `dtype`, and for every tensor a slice of rows recomputed from the inputs and compared with the
 merged one (to the rounding of `dtype`). The merged model carries the first model's tokenizer and
@@ -30,7 +32,9 @@ from ..store import write_metrics
 
 log = logging.getLogger("fathom_jobs.merge")
 SAFETENSORS_DTYPES = {"bfloat16": "BF16", "float16": "F16", "float32": "F32"}
-OUT_SHARD_BYTES = 2 * 1024**3
+# mergekit writes a shard in a thread while it merges the next; small shards leave little unoverlapped
+# writing at the end (2 GB shards: +2.5 s on a 2 GB merge).
+OUT_SHARD_BYTES = 512 * 1024**2
 CHECK_ROWS = 8  # rows of each tensor recomputed from the inputs (the whole tensor when smaller)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
                    "chat_template.json", "tokenizer.model", "merges.txt", "vocab.json", "added_tokens.json",
@@ -115,8 +119,10 @@ def load_dtype(model_dirs: list[Path], out_dtype: str) -> str:
 def merge_configuration(model_dirs: list[Path], params: MergeParams):
     from mergekit.config import MergeConfiguration
 
+    from .merge_kernel import ensure_registered
+
     return MergeConfiguration.model_validate({
-        "merge_method": "linear",
+        "merge_method": ensure_registered(),  # mergekit's linear arithmetic, chunked (merge_kernel.py)
         "models": [{"model": str(path), "parameters": {"weight": m.weight}}
                    for path, m in zip(model_dirs, params.models, strict=True)],
         "parameters": {"normalize": params.normalize},
