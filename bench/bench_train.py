@@ -8,7 +8,7 @@ The model is a DeepSeek-R1-Distill-Qwen-14B-shaped Qwen2 (hidden 5120, MLP 13824
 heads, vocabulary 152,064) cut to `--layers` layers so that it fits one GPU, with random bf16
 weights and the locally trained tokenizer (nothing comes from a hub). The trainers are built by
 `fathom_jobs.stages.sft` / `.grpo` from the stage parameters (shipped DeepSpeed config, padding-free
-in-order packing, gradient checkpointing), exactly as a Job builds them.
+in-order packing, gradient checkpointing), exactly as a Job builds them. One process, one device.
 
 SFT data: random token chains with lengths drawn from 2k-12k tokens (a prompt of 256 tokens
 without labels each), packed in order into `--seq`-token blocks, one block per optimizer step.
@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import statistics
 import sys
@@ -139,6 +138,7 @@ def device_peak(override: float | None) -> tuple[str, float | None]:
 
 
 def bench_sft(args, model_dir: Path, work: Path) -> dict:
+    import torch
     from fathom_jobs.specs import SftParams
     from fathom_jobs.stages import sft
     from transformers import AutoTokenizer
@@ -154,28 +154,22 @@ def bench_sft(args, model_dir: Path, work: Path) -> dict:
     blocks = sft.pack_in_order(chains, args.seq)[:steps]
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     timer = StepTimer()
-    trainer = sft.build_trainer(params, model_dir, tokenizer, blocks, no_saving(sft.sft_config(params, work / "trainer")),
-                                [timer.callback])
+    config = no_saving(sft.sft_config(params, work / "trainer"))
+    trainer = sft.build_trainer(params, model_dir, tokenizer, blocks, config, [timer.callback])
     trainer.train()
     measured = timer.steps[args.warmup:]
-    lengths = [n for block in blocks[args.warmup:] for n in block["seq_lengths"]]
-    tokens = sum(lengths)
-    palm_context = sum(n * n for n in lengths) / tokens  # token-weighted chain length
-    causal_context = sum(n * (n + 1) / 2 for n in lengths) / tokens
-    seconds = sum(measured)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    lengths = [n for block in blocks[args.warmup:] for n in block["seq_lengths"]]  # one block per step
+    tokens, seconds = sum(lengths), sum(measured)
+    contexts = {"mfu": sum(n * n for n in lengths) / tokens,  # PaLM: each token sees its chain's length
+                "mfuCausal": sum(n * (n + 1) / 2 for n in lengths) / tokens}
+    achieved = {k: tokens * flops_per_token(shape, args.layers, c) / seconds for k, c in contexts.items()}
     device, peak = device_peak(args.peak_tflops)
-    result = {"stage": "sft", "device": device, "worldSize": world, "layers": args.layers, "shape": args.shape,
+    result = {"stage": "sft", "device": device, "layers": args.layers, "shape": args.shape,
               "seq": args.seq, "deepspeed": args.deepspeed, "liger": args.liger,
               "measuredSteps": len(measured), "stepSeconds": [round(s, 3) for s in measured],
-              "tokensPerSecondPerDevice": tokens / seconds / world,
-              "meanChainTokens": statistics.mean(lengths)}
-    for label, context in (("mfu", palm_context), ("mfuCausal", causal_context)):
-        achieved = tokens * flops_per_token(shape, args.layers, context) / seconds / world
-        result[label] = achieved / (peak * 1e12) if peak else None
-    result["achievedTflopsPerDevice"] = tokens * flops_per_token(shape, args.layers, palm_context) / seconds / world / 1e12
-    import torch
-
+              "tokensPerSecondPerDevice": tokens / seconds, "meanChainTokens": statistics.mean(lengths),
+              "achievedTflopsPerDevice": achieved["mfu"] / 1e12,
+              **{k: v / (peak * 1e12) if peak else None for k, v in achieved.items()}}
     if torch.cuda.is_available():
         result["peakMemoryGiB"] = torch.cuda.max_memory_allocated() / 2**30
     return result
@@ -206,13 +200,12 @@ def bench_grpo(args, model_dir: Path, work: Path) -> dict:
     history = [e for e in trainer.state.log_history if "completions/mean_length" in e][args.warmup:]
     completion_tokens = sum(e["completions/mean_length"] * params.num_generations for e in history)
     seconds = sum(measured)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
     device, _ = device_peak(args.peak_tflops)
-    return {"stage": "grpo", "device": device, "worldSize": world, "layers": args.layers, "shape": args.shape,
+    return {"stage": "grpo", "device": device, "layers": args.layers, "shape": args.shape,
             "generation": "transformers", "numGenerations": params.num_generations,
             "maxCompletionTokens": args.completion, "measuredSteps": len(measured),
             "stepSeconds": [round(s, 3) for s in measured],
-            "completionTokensPerSecondPerDevice": completion_tokens / seconds / world if seconds else None}
+            "completionTokensPerSecondPerDevice": completion_tokens / seconds if seconds else None}
 
 
 def main() -> None:

@@ -34,7 +34,7 @@ def test_the_kernel_matches_mergekit_linear(dtype, weights, normalize):
     reference = exact(tensors, weights, normalize)
     # The float32 sum of the weighted terms is off by a few float32 ulps of the terms' size, then
     # rounded once: never more than one ulp of `dtype` (plus that) from the exact sum.
-    terms = sum(abs(w) * t.double().abs() for w, t in zip(weights, tensors, strict=True)) / (sum(weights) if normalize else 1)
+    terms = exact([t.abs() for t in tensors], [abs(w) for w in weights], False) / (sum(weights) if normalize else 1)
     info = torch.finfo(dtype)
     allowed = info.eps * (reference.abs() + info.tiny) + 4 * torch.finfo(torch.float32).eps * terms  # tiny: subnormals
     for result in (ours, theirs):

@@ -3,13 +3,13 @@
     merged[t] = sum_i w_i * model_i[t]  /  (sum_i w_i if normalize else 1)
 
 for every tensor t, computed in float32 and written in `dtype`. mergekit plans, loads and writes;
-the arithmetic is `merge_kernel.py`'s chunked form of mergekit's linear kernel (the same sum, a
-tenth of the memory traffic). Before anything is uploaded the
-result is checked against the inputs: the same tensor names and shapes, floating tensors in
-`dtype`, and for every tensor a slice of rows recomputed from the inputs and compared with the
-merged one (to the rounding of `dtype`). The merged model carries the first model's tokenizer and
-chat template; the inputs must share one vocabulary (averaging embeddings of different
-vocabularies would produce a model that looks fine and is garbage).
+the arithmetic is `merge_kernel.py`'s chunked form of mergekit's linear kernel (the same sum, about
+a tenth of the memory traffic). Before anything is uploaded the result is checked against the
+inputs: the same tensor names and shapes, floating tensors in `dtype`, and for every tensor a
+slice of rows recomputed from the inputs and compared with the merged one (to the rounding of
+`dtype`). The merged model carries the first model's tokenizer and chat template; the inputs must
+share one vocabulary (averaging embeddings of different vocabularies would produce a model that
+looks fine and is garbage).
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ from ..store import write_metrics
 
 log = logging.getLogger("fathom_jobs.merge")
 SAFETENSORS_DTYPES = {"bfloat16": "BF16", "float16": "F16", "float32": "F32"}
-# mergekit writes a shard in a thread while it merges the next; small shards leave little unoverlapped
-# writing at the end (2 GB shards: +2.5 s on a 2 GB merge).
+# Small enough that little writing is left after the last tensor (async_write below overlaps the
+# rest; 2 GB shards left 2.5 s of a 2 GB merge waiting on the writer).
 OUT_SHARD_BYTES = 512 * 1024**2
 CHECK_ROWS = 8  # rows of each tensor recomputed from the inputs (the whole tensor when smaller)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
