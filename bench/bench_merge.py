@@ -174,7 +174,7 @@ def main() -> None:
             plain, merged, checked = [], [], []
             for round_ in range(args.rounds):
                 plain.append(timed(lambda: plain_io(inputs, root / "plain"), inputs, root / "plain", cold))
-                total = timed(lambda: merge_and_check(inputs, params, expected, root / "merged", checked),
+                total = timed(lambda checked=checked: merge_and_check(inputs, params, expected, root / "merged", checked),
                               inputs, root / "merged", cold)
                 merged.append(total - checked[-1])
                 print(f"{regime} round {round_ + 1}: plain I/O {plain[-1]:.1f} s, merge {merged[-1]:.1f} s, "

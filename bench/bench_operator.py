@@ -16,6 +16,7 @@ streams count once), and the operator's peak RSS and CPU seconds.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import collections
 import copy
@@ -31,10 +32,10 @@ import kmock
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.operator_harness import Cluster, setup_cluster, write_kubeconfig  # noqa: E402
-
 from fathom_operator.api.recipe import API_VERSION  # noqa: E402
+
 from tests.helpers import example  # noqa: E402
+from tests.operator_harness import Cluster, setup_cluster, write_kubeconfig  # noqa: E402
 
 NAMESPACES = 10
 RECIPES = kmock.resource("fathom.dev/v1alpha1/fathomrecipes")
@@ -125,7 +126,10 @@ async def run(n: int) -> dict[str, float]:
 
 
 def main() -> None:
-    sizes = [int(a) for a in sys.argv[1:]] or [1, 10, 100, 500]
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("sizes", nargs="*", type=int, default=[1, 10, 100, 500],
+                        help="numbers of recipes applied at once (default: 1 10 100 500)")
+    sizes = parser.parse_args().sizes
     print(f"{'N':>5}  {'jobs s':>7}  {'status s':>8}  {'req/recipe':>10}  {'peak RSS MB':>11}  {'CPU s':>6}")
     for n in sizes:
         result = asyncio.run(run(n))

@@ -2,8 +2,8 @@
 
 The spec is the JSON document the operator renders (fathom_jobs.specs.JobSpec), read from FILE or
 from the FATHOM_JOB_SPEC environment variable. Exit codes: 0 done, 2 bad input (one line on
-stderr saying what), 1 anything else. Each stage type lives in `fathom_jobs.stages.<module>` and
-exposes `run(job: JobSpec) -> None`; heavy libraries are imported there, not here.
+stderr saying what), 1 anything else. Each stage type's module (its `fathom_jobs.registry` row) lives in
+`fathom_jobs.stages` and exposes `run(job: JobSpec) -> None`; heavy libraries are imported there, not here.
 """
 
 from __future__ import annotations
@@ -18,18 +18,9 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from .errors import StageInputError
-from .specs import STAGE_TYPES, JobSpec
+from .registry import NAMES, stage_type
+from .specs import JobSpec
 
-STAGE_MODULES = {
-    "prepare": "prepare",
-    "annotate": "annotate",
-    "solve-rate": "solve_rate",
-    "curate": "curate",
-    "grpo": "grpo",
-    "sft": "sft",
-    "merge": "merge",
-    "eval": "evaluate",
-}
 EXIT_BAD_INPUT = 2
 
 
@@ -66,12 +57,12 @@ def load_job_spec(stage_type: str, spec_path: str | None) -> JobSpec:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fathom_jobs", description=__doc__.splitlines()[0])
-    parser.add_argument("stage_type", choices=STAGE_TYPES)
+    parser.add_argument("stage_type", choices=NAMES)
     parser.add_argument("--spec", help="JobSpec JSON file (default: $FATHOM_JOB_SPEC)")
     args = parser.parse_args(argv)
     try:
         job = load_job_spec(args.stage_type, args.spec)
-        module = importlib.import_module(f"fathom_jobs.stages.{STAGE_MODULES[args.stage_type]}")
+        module = importlib.import_module(f"fathom_jobs.stages.{stage_type(args.stage_type).module}")
         module.run(job)
     except StageInputError as exc:
         print(f"fathom {args.stage_type}: {exc}", file=sys.stderr)

@@ -11,22 +11,21 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .errors import StageInputError
 from .inputs import cache_root, fetch, local_path, parse_hf, store_for
+from .memo import SHARD_NAME, SHARDS_DIR, Identity, input_identity, shard_names, shipped_path
 from .specs import SHIPPED_DATASETS, CorpusSource, StorageOptions
 from .store import MANIFEST_NAME, Manifest, Store, StoreError
 
 DATA_DIR = "data"
-SHARDS_DIR = "shards"
-_SHARD_NAME = re.compile(r"^(\d+)-of-(\d+)$")
 DATA_FILES = (".parquet", ".jsonl", ".json")
 
 # The columns of each dataset kind (DEVELOPERS.md, "Artifacts between stages").
@@ -53,16 +52,16 @@ def read_dataset(uri: str, storage: StorageOptions | None = None) -> pa.Table:
     """A stage's output (sharded or not), a shipped set, a hub dataset, or a jsonl/parquet file."""
     if uri.startswith("hf://"):
         return _read_hub(uri, None, "train")
-    if _shipped_path(uri) is not None:
-        return pa.Table.from_pylist(read_records_file(_shipped_path(uri)))
+    if shipped_path(uri) is not None:
+        return pa.Table.from_pylist(read_records_file(shipped_path(uri)))
     path = local_path(uri)
     if uri.endswith(DATA_FILES) or (path is not None and path.is_file()):
         return pa.Table.from_pylist(read_records_file(fetch(uri, kind="dataset", storage=storage)))
     store = store_for(uri, storage)
     try:
-        shard_names = _shard_names(store)
-        if shard_names:
-            return _read_shards(store, shard_names)
+        names = shard_names(store)
+        if names:
+            return _read_shards(store, names)
         return _read_committed(store, "")
     except StoreError as exc:
         raise StageInputError(f"cannot read {uri}: {exc}") from None
@@ -88,13 +87,8 @@ def require_unique_ids(rows: list[dict[str, Any]], uri: str) -> None:
         seen.add(row["id"])
 
 
-def _shard_names(store: Store) -> list[str]:
-    names = {key.split("/")[1] for key in store.list(SHARDS_DIR) if key.count("/") >= 2}
-    return sorted(n for n in names if _SHARD_NAME.match(n))
-
-
 def _read_shards(store: Store, names: list[str]) -> pa.Table:
-    counts = {int(_SHARD_NAME.match(n).group(2)) for n in names}
+    counts = {int(SHARD_NAME.match(n).group(2)) for n in names}
     if len(counts) != 1:
         raise StageInputError(f"{store.uri}/{SHARDS_DIR} mixes shard counts {sorted(counts)}: "
                               "leftovers of an earlier run with a different shard count")
@@ -165,14 +159,8 @@ def write_dataset(store: Store, rows: list[dict[str, Any]] | pa.Table, schema: p
 
 
 # ------------------------------------------------------------------------------ raw corpora
-def _shipped_path(name: str) -> Path | None:
-    if name not in SHIPPED_DATASETS:
-        return None
-    return Path(__file__).parent / "data" / f"{name.replace('-', '_')}.jsonl"
-
-
 def read_shipped(name: str) -> list[dict[str, Any]]:
-    path = _shipped_path(name)
+    path = shipped_path(name)
     if path is None:
         raise StageInputError(f"unknown shipped set {name!r}: expected one of {', '.join(SHIPPED_DATASETS)}")
     return read_records_file(path)
@@ -220,7 +208,7 @@ def _read_hub(uri: str, subset: str | None, split: str) -> pa.Table:
 def read_corpus_records(source: CorpusSource, storage: StorageOptions | None = None) -> list[dict[str, Any]]:
     """The raw rows of one corpus source (no mapping or filtering yet)."""
     uri = source.uri
-    if _shipped_path(uri) is not None:
+    if shipped_path(uri) is not None:
         return read_shipped(uri)
     if uri.startswith("hf://"):
         return _read_hub(uri, source.subset, source.split).to_pylist()
@@ -239,27 +227,6 @@ def read_corpus_records(source: CorpusSource, storage: StorageOptions | None = N
 
 
 
-def dataset_identity(uri: str, storage: StorageOptions | None = None) -> Manifest | dict[str, Any]:
-    """What a stage's fingerprint records about one input: its manifest(s) or its reference."""
-    shipped = _shipped_path(uri)
-    if shipped is not None:
-        import hashlib
-
-        return {"shipped": uri, "sha256": hashlib.sha256(shipped.read_bytes()).hexdigest()}
-    if uri.startswith("hf://"):
-        return {"uri": uri}
-    path = local_path(uri)
-    if path is not None and path.is_file():
-        return {"uri": uri, "size": path.stat().st_size, "mtime": int(path.stat().st_mtime)}
-    try:
-        store = store_for(uri, storage)
-        manifest = store.read_manifest()
-        if manifest is not None:
-            return manifest
-        names = _shard_names(store)
-        if not names:
-            return {"uri": uri}  # a directory no stage wrote (e.g. the demo's model): its URI is all we know
-        shards = {name: store.read_manifest(f"{SHARDS_DIR}/{name}") for name in names}
-        return {"uri": uri, "shards": {n: m.to_dict()["files"] for n, m in shards.items() if m is not None}}
-    except StoreError:
-        return {"uri": uri}
+def dataset_identity(uri: str, storage: StorageOptions | None = None) -> Identity:
+    """What a stage's fingerprint records about one input (see fathom_jobs.memo)."""
+    return input_identity(uri, lambda u: store_for(u, storage))

@@ -77,8 +77,8 @@ def fetch(uri: str, *, kind: Literal["model", "dataset"] = "model", storage: Sto
     """A local directory (or file) holding the referenced model or dataset."""
     if uri.startswith("hf://"):
         return _fetch_hub(uri, kind)
-    if uri.startswith("file://"):
-        path = local_path(uri)
+    path = local_path(uri)  # None unless file://
+    if path is not None:
         if not path.exists():
             raise StageInputError(f"{uri}: {path} does not exist")
         if path.is_file() or not (path / "_MANIFEST.json").exists():

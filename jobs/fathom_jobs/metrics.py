@@ -21,8 +21,8 @@ Conventions (the seeds' tables):
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 # k values the results table always carries (those <= n); the curve adds powers of two.
 REPORTED_KS = (1, 8, 64)

@@ -20,8 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .datasets import DATA_DIR, to_table, write_parts
-from .specs import JobSpec
-from .store import Manifest, Store, fingerprint
+from .store import Manifest, Store
 
 log = logging.getLogger("fathom_jobs.parts")
 CHECKPOINT_ENV = "FATHOM_CHECKPOINT_ROWS"
@@ -34,16 +33,6 @@ def checkpoint_rows(default: int) -> int:
     """Rows per checkpoint part: $FATHOM_CHECKPOINT_ROWS, else the stage's default."""
     value = os.environ.get(CHECKPOINT_ENV, "")
     return max(1, int(value)) if value.isdigit() else default
-
-
-def stage_fingerprint(job: JobSpec, inputs: list[Manifest | dict[str, Any] | None]) -> str:
-    """What decides this stage's output: its type, parameters, image ($FATHOM_IMAGE) and inputs."""
-    return fingerprint(job.type, job.params, os.environ.get("FATHOM_IMAGE", ""), inputs)
-
-
-def is_complete(store: Store, stage_fingerprint_: str) -> bool:
-    manifest = store.read_manifest()
-    return manifest is not None and manifest.fingerprint == stage_fingerprint_
 
 
 class PartWriter:

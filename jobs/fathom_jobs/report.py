@@ -13,8 +13,9 @@ from __future__ import annotations
 import base64
 import html
 import io
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 Results = Mapping[str, Mapping[str, Mapping[str, Any]]]
 Costs = Mapping[str, Mapping[str, float]]

@@ -2,7 +2,8 @@
 
 These models are shared by both sides: the operator embeds them in the FathomRecipe schema (so the
 CRD, `fathom validate` and the job all agree on one definition), and the job reads them back from
-the `FATHOM_JOB_SPEC` document. Defaults are the Fathom-R1 seeds' settings (see DESIGN.md).
+the `FATHOM_JOB_SPEC` document. Defaults are the Fathom-R1 seeds' settings (the README's
+stage table).
 
 Reference fields (`model`, `data`, `models[].model`, a local judge's `model`) hold a stage name,
 `base`, or a store URI (`s3://`, `file://`, `hf://`) in a recipe; the operator replaces stage names
@@ -15,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
 
 # What a stage hands to the next one. A reference field names the kinds it accepts.
@@ -174,7 +175,7 @@ class CurateParams(Spec):
     )
     seed: int = 0
 
-    def effective(self) -> "CurateParams":
+    def effective(self) -> CurateParams:
         """The preset's choices filled in under the explicit ones."""
         base = CURATE_PRESETS.get(self.preset or "", {})
         mine = self.model_dump(by_alias=True, exclude_none=True, include=set(CurateParams.model_fields))
@@ -260,34 +261,6 @@ class EvalParams(SamplingParams):
     gpqa_shuffle: bool = Field(True, description="Shuffle GPQA choices per question (the shipped answers are all A).")
 
 
-PARAMS_BY_TYPE: dict[str, type[Spec]] = {
-    "prepare": PrepareParams,
-    "annotate": AnnotateParams,
-    "solve-rate": SolveRateParams,
-    "curate": CurateParams,
-    "grpo": GrpoParams,
-    "sft": SftParams,
-    "merge": MergeParams,
-    "eval": EvalParams,
-}
-STAGE_TYPES = tuple(PARAMS_BY_TYPE)
-
-
-def output_kind(stage_type: str, params: Spec) -> str:
-    """The artifact kind a stage produces, for checking references."""
-    if isinstance(params, CurateParams):
-        return params.output_kind()
-    return {
-        "prepare": PROBLEMS,
-        "annotate": PROBLEMS,
-        "solve-rate": SAMPLES,
-        "grpo": MODEL,
-        "sft": MODEL,
-        "merge": MODEL,
-        "eval": RESULTS,
-    }[stage_type]
-
-
 # ------------------------------------------------------------------------------- the Job's input
 class StorageOptions(Spec):
     endpoint: str | None = None
@@ -301,7 +274,7 @@ class JobSpec(Spec):
     recipe: str
     namespace: str
     stage: str
-    type: Literal["prepare", "annotate", "solve-rate", "curate", "grpo", "sft", "merge", "eval"]
+    type: str = Field(description="The stage type (a row of fathom_jobs.registry).")
     attempt: int = Field(0, ge=0)
     params: dict[str, Any] = Field(description="The stage's parameters with references resolved to URIs.")
     output: str = Field(description="Store URI of this stage's output prefix.")
@@ -311,5 +284,16 @@ class JobSpec(Spec):
     nodes: int = Field(1, gt=0)
     gpus_per_node: int = Field(0, ge=0)
 
+    @field_validator("type")
+    @classmethod
+    def _known_type(cls, value: str) -> str:
+        from .registry import NAMES  # the registry imports this module
+
+        if value not in NAMES:
+            raise ValueError(f"unknown stage type {value!r}; expected one of {', '.join(NAMES)}")
+        return value
+
     def typed_params(self) -> Spec:
-        return PARAMS_BY_TYPE[self.type].model_validate(self.params)
+        from .registry import stage_type
+
+        return stage_type(self.type).params.model_validate(self.params)

@@ -25,8 +25,8 @@ import os
 import re
 import shutil
 import time
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback  # this module serves the training stages only
@@ -61,12 +61,10 @@ def run_training(job: JobSpec, params: TrainingParams, train: Callable[..., None
     re-launch under torchrun when the job spans GPUs, else train here; a worker's bad input becomes
     the pod's one-line message."""
     from . import launch
-    from .datasets import dataset_identity
-    from .parts import is_complete, stage_fingerprint
+    from .memo import is_complete, job_fingerprint
 
     store = store_for(job.output, job.storage)
-    fingerprint = stage_fingerprint(job, [dataset_identity(params.data, job.storage),  # type: ignore[attr-defined]
-                                          dataset_identity(params.model, job.storage)])
+    fingerprint = job_fingerprint(job)
     if is_complete(store, fingerprint):
         log.info("%s is complete for these inputs", store.uri)
         return

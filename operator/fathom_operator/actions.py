@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .api.status import RecipeStatus
-from .progress import Read
+from .store_reader import Read
 
 
 @dataclass(frozen=True)

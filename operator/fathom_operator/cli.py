@@ -1,4 +1,5 @@
-"""The `fathom` command: validate, render and print the CRD (more verbs join as they land)."""
+"""The `fathom` command: validate, render, crd, and the verbs of runner.py (operator, cost),
+localview.py (run --local) and results.py (report), each imported only when it runs."""
 
 from __future__ import annotations
 
@@ -6,32 +7,23 @@ import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from . import __version__, dag, results
 from .api.crd import custom_resource_definition
+from .api.recipe import FathomRecipe
 from .render import render_recipe, stage_gpus
-from .validate import RecipeInvalid, load_recipe
+from .validate import RecipeInvalid, load_recipe, read_defaults
 
 
-def _read_defaults(path: str | None) -> dict | None:
-    """The operator's defaults file (the Helm chart mounts it); JSON or YAML."""
-    if not path:
-        return None
+def _load(path: str, defaults_path: str | None = None) -> FathomRecipe:
     try:
-        loaded = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        print(f"{path}: cannot read defaults: {exc}", file=sys.stderr)
+        defaults = read_defaults(defaults_path)
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
         raise SystemExit(1) from None
-    if loaded is not None and not isinstance(loaded, dict):
-        print(f"{path}: defaults must be a mapping", file=sys.stderr)
-        raise SystemExit(1)
-    return loaded
-
-
-def _load(path: str, defaults_path: str | None = None):
-    defaults = _read_defaults(defaults_path)
     try:
         text = Path(path).read_text() if path != "-" else sys.stdin.read()
     except OSError as exc:
@@ -45,7 +37,7 @@ def _load(path: str, defaults_path: str | None = None):
         raise SystemExit(1) from None
 
 
-def dump_yaml(objects: list[dict]) -> str:
+def dump_yaml(objects: list[dict[str, Any]]) -> str:
     return yaml.safe_dump_all(objects, sort_keys=False, width=120)
 
 
@@ -78,11 +70,12 @@ def cmd_crd(args: argparse.Namespace) -> int:
     return 0
 
 
-def _runner(name: str) -> Callable:
+def _runner(name: str) -> Callable[..., Any]:
     """The cluster commands live in runner.py; kopf and the client are imported only when they run."""
     from . import runner
 
-    return getattr(runner, name)
+    found: Callable[..., Any] = getattr(runner, name)
+    return found
 
 
 def _local_run(args: argparse.Namespace) -> int:
@@ -129,7 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.handler(args)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    return handler(args)
 
 
 if __name__ == "__main__":

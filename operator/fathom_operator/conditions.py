@@ -8,23 +8,26 @@ and running ones by their `progress.json` fraction.
 
 from __future__ import annotations
 
-from .api.status import Condition
+from collections.abc import Mapping, Sequence
+from typing import Literal
+
+from .api.status import Condition, ConditionType
 
 DONE = ("Succeeded", "Cached")
 ACTIVE = ("Running", "Waiting", "Suspended")
 
 
-def set_condition(conditions: list[Condition], type_: str, status: bool, reason: str, message: str,
+def set_condition(conditions: list[Condition], type_: ConditionType, status: bool, reason: str, message: str,
                   now: str, generation: int | None) -> list[Condition]:
-    value = "True" if status else "False"
+    value: Literal["True", "False"] = "True" if status else "False"
     old = next((c for c in conditions if c.type == type_), None)
     since = old.last_transition_time if old is not None and old.status == value else now
-    new = Condition(type=type_, status=value, reason=reason, message=message,  # type: ignore[arg-type]
+    new = Condition(type=type_, status=value, reason=reason, message=message,
                     last_transition_time=since, observed_generation=generation)
     return [new if c.type == type_ else c for c in conditions] if old is not None else [*conditions, new]
 
 
-def progress_percent(phases: dict[str, str], fractions: dict[str, float | None], weights: dict[str, int]) -> str:
+def progress_percent(phases: Mapping[str, str], fractions: Mapping[str, float | None], weights: Mapping[str, int]) -> str:
     total = sum(weights.values()) or 1
     done = 0.0
     for name, weight in weights.items():
@@ -38,7 +41,7 @@ def progress_percent(phases: dict[str, str], fractions: dict[str, float | None],
     return f"{percent}%"
 
 
-def current_stage(order: list[str], phases: dict[str, str]) -> str | None:
+def current_stage(order: Sequence[str], phases: Mapping[str, str]) -> str | None:
     active = [n for n in order if phases.get(n) in ACTIVE]
     if not active:
         failed = [n for n in order if phases.get(n) == "Failed"]

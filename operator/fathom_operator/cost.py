@@ -58,6 +58,7 @@ def attempt_usage(attempt: Attempt, price: Price, now: datetime) -> Usage:
     if started:
         total = ZERO
         for pod in started:
+            assert pod.start is not None  # filtered above
             end = pod.end or (attempt.job.end if pod.phase in ("Failed", "Succeeded") else None) or now
             total += usage((end - pod.start).total_seconds(), dict(pod.requests), price)
         return total

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import typing
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from fathom_jobs import specs
@@ -26,7 +26,7 @@ class Reference:
         return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in self.path)
 
 
-def _ref_marker(metadata: list | tuple) -> specs.Ref | None:
+def _ref_marker(metadata: Sequence[object]) -> specs.Ref | None:
     return next((m for m in metadata if isinstance(m, specs.Ref)), None)
 
 
@@ -41,7 +41,7 @@ def _list_item_marker(annotation: object) -> specs.Ref | None:
 
 def references(obj: BaseModel, prefix: tuple[str | int, ...] = ()) -> Iterator[Reference]:
     """Every reference inside a stage (or nested spec), found through the `Ref` markers."""
-    dynamic = getattr(obj, "dynamic_references", lambda: {})()
+    dynamic: dict[str, tuple[str, ...]] = getattr(obj, "dynamic_references", dict)()
     for name, field in type(obj).model_fields.items():
         value = getattr(obj, name)
         key = field.alias or name

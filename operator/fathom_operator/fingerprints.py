@@ -46,7 +46,7 @@ def stage_fingerprints(recipe: FathomRecipe, namespace: str, deps: dict[str, lis
         for name in level:
             stage = stage_by_name(spec, name)
             result[name] = _digest({
-                "type": stage.type,  # type: ignore[attr-defined]
+                "type": stage.type,
                 "params": resolved_params(spec, namespace, recipe.metadata.name, stage),
                 "image": stage_image(spec, stage),
                 "shape": [stage.nodes, stage_gpus(spec, stage), stage.shards],

@@ -30,7 +30,8 @@ OURS = {LABEL_RECIPE: kopf.PRESENT}
 @kopf.on.login()
 def login(memo: kopf.Memo, **_: Any) -> kopf.ConnectionInfo:
     config = memo.get("config")
-    return connection_info(load_configuration(config.kubeconfig if config else None))
+    info: kopf.ConnectionInfo = connection_info(load_configuration(config.kubeconfig if config else None))
+    return info
 
 
 @kopf.on.startup()
@@ -52,7 +53,7 @@ async def stop(memo: kopf.Memo, **_: Any) -> None:
 
 
 @kopf.index("batch", "v1", "jobs", labels=OURS)
-async def fathom_jobs(body: kopf.Body, namespace: str, memo: kopf.Memo, **_: Any) -> dict[Any, Any]:
+async def fathom_jobs(*, body: kopf.Body, namespace: str | None, memo: Any, **_: Any) -> dict[Any, Any]:
     found = observe.observe_job(body)
     if found is None:
         return {}
@@ -61,7 +62,7 @@ async def fathom_jobs(body: kopf.Body, namespace: str, memo: kopf.Memo, **_: Any
 
 
 @kopf.index("v1", "pods", labels=OURS)
-async def fathom_pods(body: kopf.Body, namespace: str, memo: kopf.Memo, **_: Any) -> dict[Any, Any]:
+async def fathom_pods(*, body: kopf.Body, namespace: str | None, memo: Any, **_: Any) -> dict[Any, Any]:
     found = observe.observe_pod(body)
     if found is None:
         return {}
@@ -70,11 +71,13 @@ async def fathom_pods(body: kopf.Body, namespace: str, memo: kopf.Memo, **_: Any
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
-async def recipe_changed(namespace: str, name: str, spec: kopf.Spec, memo: kopf.Memo, **_: Any) -> None:
+async def recipe_changed(*, namespace: str | None, name: str | None, spec: kopf.Spec, memo: Any, **_: Any) -> None:
     memo["fathom"].spec_changed(namespace, name, spec)
 
 
 @kopf.daemon(GROUP, VERSION, PLURAL, id="reconcile", cancellation_timeout=10.0)
-async def reconcile(body: kopf.Body, namespace: str, name: str, memo: kopf.Memo, stopped: kopf.DaemonStopped,
-                    logger: logging.Logger, fathom_jobs: kopf.Index, fathom_pods: kopf.Index, **_: Any) -> None:
-    await memo["fathom"].run_worker(body, namespace, name, stopped, fathom_jobs, fathom_pods, logger)
+async def reconcile(*, body: kopf.Body, namespace: str | None, name: str | None, memo: Any,
+                    stopped: kopf.DaemonStopped, logger: kopf.Logger, **indexes: Any) -> None:
+    # The indexes above arrive as keyword arguments named after their handlers.
+    await memo["fathom"].run_worker(body, namespace, name, stopped, indexes["fathom_jobs"], indexes["fathom_pods"],
+                                    logger)

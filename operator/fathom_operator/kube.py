@@ -127,7 +127,8 @@ class Kube:
             if exc.status == 404:
                 return None
             raise
-        return json.loads(response.data)
+        found: dict[str, Any] | None = json.loads(response.data)
+        return found
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -139,7 +140,7 @@ def merge_patch(old: Any, new: Any) -> dict[str, Any] | None:
     if old == new:
         return None
     if not isinstance(old, dict) or not isinstance(new, dict):
-        return new
+        return new  # type: ignore[no-any-return]  # RFC 7386: a non-object replaces the whole value
     patch: dict[str, Any] = {}
     for key in old.keys() - new.keys():
         patch[key] = None

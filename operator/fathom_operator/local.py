@@ -20,7 +20,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ import yaml
 
 from . import plan as planning
 from .observe import format_time, observe_job, observe_pod
-from .progress import StoreReader
+from .store_reader import StoreReader
 from .validate import RecipeInvalid, load_document, validate_document
 
 NAMESPACE = "local"
@@ -36,7 +36,7 @@ LOG_TAIL_BYTES = 4000
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 @dataclass
@@ -46,7 +46,7 @@ class LocalPod:
     command: list[str]
     env: dict[str, str]
     log: Path
-    process: subprocess.Popen | None = None
+    process: subprocess.Popen[bytes] | None = None
     start: datetime | None = None
     end: datetime | None = None
     exit_code: int | None = None
@@ -161,7 +161,7 @@ class LocalCluster:
     # -- what observe() reads -------------------------------------------------------------------
     def job_bodies(self) -> list[dict[str, Any]]:
         bodies = []
-        for name, job in self.jobs.items():
+        for job in self.jobs.values():
             body = copy.deepcopy(job.manifest)
             body["spec"]["suspend"] = job.suspended
             starts = [p.start for p in job.pods if p.start]

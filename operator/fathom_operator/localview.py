@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ def _stage_table(run: LocalRun) -> Any:
     for column in ("stage", "phase", "progress", "", "attempts", "CPU/GPU-h", "USD"):
         table.add_column(column, justify="right" if column in ("attempts", "CPU/GPU-h", "USD") else "left")
     parsed = run.parsed
-    order = parsed.order if hasattr(parsed, "order") else list((status.get("stages") or {}))
+    order = parsed.order if hasattr(parsed, "order") else list(status.get("stages") or {})
     for name in order:
         st = (status.get("stages") or {}).get(name, {})
         phase = st.get("phase", "Pending")
@@ -46,7 +47,7 @@ def _stage_table(run: LocalRun) -> Any:
     return table
 
 
-def _plain_printer():
+def _plain_printer() -> Callable[[LocalRun], None]:
     seen: dict[str, str] = {}
 
     def show(run: LocalRun) -> None:

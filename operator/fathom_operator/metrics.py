@@ -8,8 +8,8 @@ snapshot into samples at scrape time. Reconcile counters and latency are ordinar
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
-from datetime import datetime, timezone
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
@@ -46,7 +46,7 @@ class RecipeCollector(Collector):
     def collect(self) -> Iterator[Any]:
         with self._lock:
             snapshot = dict(self._statuses)
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         stage_labels = ["namespace", "recipe", "stage"]
         phases = GaugeMetricFamily("fathom_recipes", "Recipes by phase.", labels=["phase"])
         duration = GaugeMetricFamily("fathom_stage_duration_seconds", "Stage run time (so far, if running).", labels=stage_labels)
@@ -91,11 +91,12 @@ class OperatorMetrics:
         """Serve /metrics and /healthz from a daemon thread; returns the server (for shutdown)."""
         metrics_app = make_wsgi_app(self.registry)
 
-        def app(environ, start_response):
+        def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
             if environ.get("PATH_INFO") == "/healthz":
                 start_response("200 OK", [("Content-Type", "text/plain")])
                 return [b"ok\n"]
-            return metrics_app(environ, start_response)
+            served: list[bytes] = metrics_app(environ, start_response)
+            return served
 
         class QuietHandler(WSGIRequestHandler):
             def log_message(self, *args: Any) -> None:  # scrapes every 15 s would flood the log

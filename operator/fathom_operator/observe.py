@@ -8,8 +8,9 @@ end times and the message a user needs (the pod's termination message).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from .render import KUEUE_QUEUE_LABEL, LABEL_ATTEMPT, LABEL_RECIPE, LABEL_STAGE
@@ -32,13 +33,13 @@ def parse_time(value: Any) -> datetime | None:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def format_time(value: datetime | None) -> str | None:
     if value is None:
         return None
-    return value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def cpu_cores(quantity: Any) -> float:
@@ -116,7 +117,7 @@ def _waiting(status: dict[str, Any]) -> str | None:
     return None
 
 
-def observe_job(body: dict[str, Any]) -> JobObs | None:
+def observe_job(body: Mapping[str, Any]) -> JobObs | None:
     """A Job the operator created, or None for anything without our labels."""
     meta = body.get("metadata") or {}
     labels = meta.get("labels") or {}
@@ -176,7 +177,7 @@ def _termination(status: dict[str, Any]) -> tuple[datetime | None, str | None]:
     return (max(finished) if finished else None), message
 
 
-def observe_pod(body: dict[str, Any]) -> PodObs | None:
+def observe_pod(body: Mapping[str, Any]) -> PodObs | None:
     meta = body.get("metadata") or {}
     labels = meta.get("labels") or {}
     attempt = _attempt_number(labels)

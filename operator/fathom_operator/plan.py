@@ -26,22 +26,33 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from fathom_jobs import registry
+
 from . import dag
 from .actions import Event, Plan, dump_status
 from .api.recipe import API_VERSION, KIND, FathomRecipe
 from .api.status import AttemptRecord, RecipeStatus, StageProgress, StageStatus
+from .conditions import DONE
 from .cost import ZERO, Price, Usage, attempt_usage, rounded
 from .fingerprints import stage_fingerprints
 from .observe import ANNOTATION_FINGERPRINT, Attempt, JobObs, PodObs, attempts, format_time, parse_time
-from .progress import TRAINING_TYPES, Fact, Read, stage_progress
-from .render import render_stage, resolved_params, service_name, stage_by_name, stage_gpus, stage_image, \
-    stage_output_uri, stage_pods
-from .rollup import invalid, rollup
+from .render import (
+    produces_results,
+    render_stage,
+    resolved_params,
+    service_name,
+    stage_by_name,
+    stage_gpus,
+    stage_image,
+    stage_output_uri,
+    stage_pods,
+)
+from .rollup import Budget, RollupInput, invalid, rollup
+from .store_reader import Fact, Read, stage_progress
 from .validate import FieldError, RecipeInvalid, validate_document
 
 __all__ = ["Event", "Inputs", "Options", "Parsed", "Plan", "Read", "dump_status", "load_status", "parse", "plan"]
 
-DONE = ("Succeeded", "Cached")
 OUTCOME = {"succeeded": "Succeeded", "failed": "Failed", "preempted": "Preempted"}
 
 
@@ -112,7 +123,7 @@ def load_status(raw: Any) -> RecipeStatus:
 
 
 def backoff(options: Options, failures: int) -> float:
-    return min(options.backoff_cap_seconds, options.backoff_seconds * 2 ** max(0, failures - 1))
+    return min(options.backoff_cap_seconds, options.backoff_seconds * 2.0 ** max(0, failures - 1))
 
 
 def _record(a: Attempt, outcome: str, price: Price, now: datetime) -> AttemptRecord:
@@ -124,10 +135,11 @@ def _record(a: Attempt, outcome: str, price: Price, now: datetime) -> AttemptRec
 
 
 class _Planner:
-    def __init__(self, inp: Inputs, old: RecipeStatus) -> None:
-        assert isinstance(inp.parsed, Parsed)
-        self.inp, self.old, self.p = inp, old, inp.parsed
-        self.spec = self.p.recipe.spec
+    """Accounts every attempt on construction (so the budget is known), then decides each stage in run()."""
+
+    def __init__(self, inp: Inputs, parsed: Parsed, old: RecipeStatus) -> None:
+        self.inp, self.old, self.p = inp, old, parsed
+        self.spec = parsed.recipe.spec
         self.now = inp.now
         self.out = Plan(status={})
         self.observed = attempts(inp.jobs, inp.pods)
@@ -137,6 +149,11 @@ class _Planner:
         self.usage: dict[str, Usage] = {}
         self.stages: dict[str, StageStatus] = {}
         self.created: set[str] = set()
+        gone = sorted({*self.observed, *self.old.stages} - set(self.p.order))
+        for name in [*self.p.order, *gone]:
+            self.account(name)
+        self.budget = Budget(rounded(sum(self.stage_cost(n)[1] for n in self.history)), self.spec.budget_usd)
+        self.failed_for_good = [n for n in self.p.order if self.live[n] is None and self._failed_for_good(n)]
 
     # -- accounting: what finished, what runs, what it cost ----------------------------------
 
@@ -216,7 +233,7 @@ class _Planner:
         return found if found is not None and found.key == key else None
 
     def ask(self, kind: str, name: str, key: str, **args: Any) -> None:
-        storage = self.spec.storage.model_dump(by_alias=True, exclude_none=True)
+        storage = self.spec.store.model_dump(by_alias=True, exclude_none=True)
         self.out.reads.append(Read(kind, name, key, {**args, "storage": storage}))
 
     def next_attempt(self, name: str) -> int:
@@ -231,8 +248,8 @@ class _Planner:
         """Why nothing may start now, or None."""
         if self.spec.suspend:
             return "held: the recipe is suspended (spec.suspend)"
-        if self.exceeded:
-            return f"held: the budget is spent ({self.spent_text})"
+        if self.budget.exceeded:
+            return f"held: the budget is spent ({self.budget.text})"
         return None
 
     def start(self, name: str, st: StageStatus, retry: bool) -> None:
@@ -246,7 +263,7 @@ class _Planner:
             memo = self.fact("memo", name, fp)
             if memo is None:
                 params = resolved_params(self.spec, self.inp.namespace, self.inp.name, stage)
-                self.ask("memo", name, fp, stage_type=stage.type, params=params,  # type: ignore[attr-defined]
+                self.ask("memo", name, fp, stage_type=stage.type, params=params,
                          image=stage_image(self.spec, stage), output=output)
                 st.phase, st.message = "Pending", "checking the store for this output"
                 return
@@ -256,7 +273,7 @@ class _Planner:
                 return
         attempt = self.next_attempt(name)
         resume = None
-        if retry and stage.type in TRAINING_TYPES:  # type: ignore[attr-defined]
+        if retry and registry.stage_type(stage.type).trains:
             key = f"{fp}:{attempt}"
             found = self.fact("checkpoint", name, key)
             if found is None:
@@ -282,7 +299,7 @@ class _Planner:
                                resume_from=resume, owner=owner if self.inp.uid else None)
         for obj in objects:
             obj["metadata"].setdefault("annotations", {})[ANNOTATION_FINGERPRINT] = fp
-        if stage_by_name(self.spec, name).type == "eval":
+        if produces_results(stage_by_name(self.spec, name)):
             # The report's cost section: what every other stage has cost so far.
             costs = {stage: {"gpuHours": round(sum(r.gpu_hours for r in records), 4),
                              "costUSD": round(sum(r.cost_usd for r in records), 4)}
@@ -294,8 +311,8 @@ class _Planner:
     def follow(self, name: str, st: StageStatus, a: Attempt) -> None:
         """A running attempt: keep it suspended or running as the spec and budget want."""
         st.job = a.job.name
-        want = self.spec.suspend or (self.exceeded and self.spec.budget_policy == "stop-all")
-        why = "spec.suspend" if self.spec.suspend else f"budget spent ({self.spent_text})"
+        want = self.spec.suspend or (self.budget.exceeded and self.spec.budget_policy == "stop-all")
+        why = "spec.suspend" if self.spec.suspend else f"budget spent ({self.budget.text})"
         if want and not a.job.suspended:
             self.out.suspend.append((a.job.name, True))
             st.phase, st.message = "Suspended", f"suspended: {why}"
@@ -338,21 +355,20 @@ class _Planner:
         retry_due = found is not None and found.error is not None and \
             (self.now - found.at).total_seconds() >= self.inp.options.retry_read_seconds
         if found is None or retry_due:
-            is_eval = stage_by_name(self.spec, name).type == "eval"  # type: ignore[attr-defined]
-            self.ask("metrics", name, fp, output=st.output, results=is_eval)
+            results = produces_results(stage_by_name(self.spec, name))
+            self.ask("metrics", name, fp, output=st.output, results=results)
         elif found.value:
             metrics = found.value.get("metrics")
             st.metrics = metrics if isinstance(metrics, dict) else None
 
     def decide(self, name: str) -> StageStatus:
-        stage = stage_by_name(self.spec, name)
         fp = self.p.fingerprints[name]
         prev = self.old.stages.get(name)
         history = self.history[name]
         mine = [r for r in history if r.fingerprint == fp]
         live = self.live[name]
         gpu, usd, wasted = self.stage_cost(name)
-        starts = [r.start_time for r in mine if r.start_time] + ([format_time(live.start)] if live and live.start else [])
+        starts = [t for t in [*(r.start_time for r in mine), format_time(live.start) if live else None] if t]
         st = StageStatus(fingerprint=fp, history=history, gpu_hours=gpu, cost_usd=usd, wasted_gpu_hours=wasted,
                          attempts=len(mine) + (1 if live else 0),
                          failures=sum(r.outcome == "Failed" for r in mine),
@@ -406,14 +422,6 @@ class _Planner:
             self.start(name, st, retry=False)
 
     def run(self) -> Plan:
-        gone = sorted({*self.observed, *self.old.stages} - set(self.p.order))
-        for name in [*self.p.order, *gone]:
-            self.account(name)
-        spent = rounded(sum(self.stage_cost(n)[1] for n in self.history))
-        budget = self.spec.budget_usd
-        self.spent, self.exceeded = spent, budget is not None and spent >= budget
-        self.spent_text = f"${spent:,.2f} of ${budget:,.2f}" if budget is not None else f"${spent:,.2f}"
-        self.failed_for_good = [n for n in self.p.order if self.live[n] is None and self._failed_for_good(n)]
         for name in self.p.order:
             self.stages[name] = self.decide(name)
         for name in self.history:
@@ -424,7 +432,14 @@ class _Planner:
                     "history": self.history[name], "gpu_hours": gpu, "cost_usd": usd, "wasted_gpu_hours": wasted,
                     "phase": "Skipped" if old.phase not in DONE else old.phase,
                     "message": "removed from the recipe", "job": None, "progress": None})
-        return rollup(self)
+        # Moving: a Job that is not suspended, or one created right now (a retry in backoff is not).
+        moving = frozenset(n for n in self.p.order if n in self.created
+                           or (self.live[n] is not None and self.stages[n].phase in ("Running", "Waiting")))
+        return rollup(RollupInput(
+            spec=self.spec, order=tuple(self.p.order), deps=self.p.deps, fingerprints=self.p.fingerprints,
+            weights=self.p.weights, generation=self.inp.generation, now=self.now, facts=self.inp.facts,
+            old=self.old, stages=self.stages, moving=moving, new_records=tuple(self.new_records),
+            budget=self.budget), self.out)
 
     def _failed_for_good(self, name: str) -> bool:
         fp = self.p.fingerprints[name]
@@ -437,5 +452,5 @@ class _Planner:
 def plan(inp: Inputs) -> Plan:
     old = load_status(inp.status)
     if not isinstance(inp.parsed, Parsed):
-        return invalid(inp, old, inp.parsed)
-    return _Planner(inp, old).run()
+        return invalid(inp.now, inp.generation, old, inp.parsed)
+    return _Planner(inp, inp.parsed, old).run()

@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from . import plan as planning
@@ -34,13 +34,13 @@ from .api.status import RecipeStatus
 from .kube import Gone, Kube, api_message, load_configuration, merge_patch
 from .metrics import OperatorMetrics
 from .observe import JobObs, PodObs
-from .progress import Fact, Opener, StoreReader
+from .store_reader import Fact, Opener, StoreReader
 
 OWN_STATUS_KEYS = frozenset(f.alias or n for n, f in RecipeStatus.model_fields.items())
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 @dataclass

@@ -14,7 +14,7 @@ import copy
 import hashlib
 from typing import Any
 
-from fathom_jobs import specs
+from fathom_jobs import registry, specs
 
 from . import __version__, dag
 from .api.recipe import BASE, FathomRecipe, RecipeSpec, StageCommon, stage_params
@@ -28,11 +28,6 @@ DEFAULT_IMAGE = "ghcr.io/fathom-dev/fathom-{family}:" + __version__
 # Per-GPU defaults fit an 8x H100 node (p5/a3-class: ~200 vCPUs, ~2 TiB); CPU stages get a small pod.
 CPU_PER_GPU, MEMORY_PER_GPU = "16", "200Gi"
 CPU_STAGE_CPU, CPU_STAGE_MEMORY = "4", "16Gi"
-FAMILY_BY_TYPE = {
-    "prepare": "data", "annotate": "data", "curate": "data",
-    "solve-rate": "infer", "eval": "infer",
-    "sft": "train", "grpo": "train", "merge": "merge",
-}
 
 
 def job_name(recipe: str, stage: str, attempt: int, max_len: int = 63) -> str:
@@ -52,11 +47,16 @@ def service_name(job: str) -> str:
 
 
 def stage_output_uri(spec: RecipeSpec, namespace: str, recipe: str, stage: str) -> str:
-    return f"{spec.storage.uri.rstrip('/')}/{namespace}/{recipe}/{stage}/"
+    return f"{spec.store.uri.rstrip('/')}/{namespace}/{recipe}/{stage}/"
 
 
 def stage_by_name(spec: RecipeSpec, name: str) -> StageCommon:
     return next(s for s in spec.stages if s.name == name)
+
+
+def produces_results(stage: StageCommon) -> bool:
+    """An evaluation stage: its metrics carry the recipe's results table and report."""
+    return registry.stage_type(stage.type).output(stage) == specs.RESULTS
 
 
 def stage_gpus(spec: RecipeSpec, stage: StageCommon) -> int:
@@ -73,9 +73,7 @@ def stage_pods(stage: StageCommon) -> int:
 def stage_image(spec: RecipeSpec, stage: StageCommon) -> str:
     if stage.image:
         return stage.image
-    family = FAMILY_BY_TYPE[stage.type]  # type: ignore[attr-defined]
-    if stage.type == "annotate" and stage.judge.backend != "openai":  # type: ignore[attr-defined]
-        family = "infer"
+    family = registry.stage_type(stage.type).family(stage)
     return getattr(spec.images, family) or DEFAULT_IMAGE.format(family=family)
 
 
@@ -107,12 +105,12 @@ def job_spec(recipe: FathomRecipe, stage: StageCommon, attempt: int, namespace: 
         recipe=name,
         namespace=namespace,
         stage=stage.name,
-        type=stage.type,  # type: ignore[attr-defined]
+        type=stage.type,
         attempt=attempt,
         params=resolved_params(spec, namespace, name, stage),
         output=stage_output_uri(spec, namespace, name, stage.name),
         storage=specs.StorageOptions(
-            endpoint=spec.storage.endpoint, region=spec.storage.region, path_style=spec.storage.path_style
+            endpoint=spec.store.endpoint, region=spec.store.region, path_style=spec.store.path_style
         ),
         resume_from=resume_from,
         shards=stage.shards,
@@ -137,7 +135,7 @@ def _resources(spec: RecipeSpec, stage: StageCommon) -> dict[str, Any]:
 
 
 def _env(stage: StageCommon, job: str, document: specs.JobSpec, image: str) -> list[dict[str, Any]]:
-    env = [
+    env: list[dict[str, Any]] = [
         {"name": "FATHOM_JOB_SPEC", "value": document.model_dump_json(by_alias=True)},
         {"name": "FATHOM_STAGE_OUTPUT", "value": document.output},
         # The job fingerprints its output with its image; the operator's memo check uses the same.
@@ -159,9 +157,9 @@ def _env(stage: StageCommon, job: str, document: specs.JobSpec, image: str) -> l
 
 
 def _env_from(spec: RecipeSpec, stage: StageCommon) -> list[dict[str, Any]]:
-    secrets = [spec.storage.credentials_secret, spec.hf_token_secret]
-    if stage.type == "annotate":  # type: ignore[attr-defined]
-        secrets.append(stage.judge.api_key_secret)  # type: ignore[attr-defined]
+    secrets = [spec.store.credentials_secret, spec.hf_token_secret]
+    if isinstance(stage, specs.AnnotateParams):
+        secrets.append(stage.judge.api_key_secret)
     return [{"secretRef": {"name": s}} for s in dict.fromkeys(secrets) if s]
 
 
@@ -195,7 +193,7 @@ def render_stage(recipe: FathomRecipe, stage_name: str, attempt: int = 0, *, nam
         "name": name,
         "namespace": namespace,
         "labels": meta_labels,
-        "annotations": {"fathom.dev/stage-type": stage.type, "fathom.dev/output": document.output},  # type: ignore[attr-defined]
+        "annotations": {"fathom.dev/stage-type": stage.type, "fathom.dev/output": document.output},
     }
     if owner:
         metadata["ownerReferences"] = [copy.deepcopy(owner)]
@@ -203,7 +201,7 @@ def render_stage(recipe: FathomRecipe, stage_name: str, attempt: int = 0, *, nam
     container: dict[str, Any] = {
         "name": "stage",
         "image": stage_image(spec, stage),
-        "command": ["python", "-m", "fathom_jobs", stage.type],  # type: ignore[attr-defined]
+        "command": ["python", "-m", "fathom_jobs", stage.type],
         "env": _env(stage, name, document, stage_image(spec, stage)),
         "resources": _resources(spec, stage),
         # A failed stage's last log lines become the pod's message, which the operator reports.

@@ -16,7 +16,9 @@ kubernetes client; both lazily, so importing this module from the operator stays
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+import argparse
+from collections.abc import Mapping
+from typing import Any
 
 from .api.status import BenchmarkResult, RecipeStatus
 
@@ -89,7 +91,7 @@ def _benchmarks(table: Table) -> list[str]:
 
 def accuracy_table(table: Table, limo: bool = False) -> str:
     benchmarks = _benchmarks(table)
-    ks = sorted({e.get("k") for per in table.values() for e in per.values() if e.get("k")})
+    ks = sorted({int(e["k"]) for per in table.values() for e in per.values() if e.get("k")})
     cons = f"cons@{ks[0]}" if len(ks) == 1 else "cons@k"
     rows = []
     for model, per in table.items():
@@ -217,14 +219,14 @@ def report_from_store(uri: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------- cli
-def add_report_arguments(parser) -> None:
+def add_report_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("name", nargs="?", help="FathomRecipe name (read from the cluster).")
     parser.add_argument("-n", "--namespace", help="Namespace (default: the kubeconfig context's, else default).")
     parser.add_argument("--store", metavar="URI",
                         help="Read a run's store prefix (s3://bucket/ns/recipe, file://...) instead of the cluster.")
 
 
-def cmd_report(args) -> int:
+def cmd_report(args: argparse.Namespace) -> int:
     import sys
 
     if bool(args.name) == bool(args.store):

@@ -9,33 +9,68 @@ superseded) and every recipe-level change, so `kubectl describe` reads as the re
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
 from .actions import Event, Plan, dump_status
-from .api.status import CONDITION_TYPES, CostTotals, RecipeStatus, StageStatus
+from .api.recipe import RecipeSpec
+from .api.status import CONDITION_TYPES, AttemptRecord, ConditionType, CostTotals, RecipeStatus, StageStatus
 from .conditions import DONE, current_stage, progress_percent, set_condition, stage_list
 from .cost import format_usd, rounded
 from .fingerprints import changed_stages
 from .observe import format_time
-from .render import stage_by_name
+from .render import produces_results, stage_by_name
 from .results import eval_status, merge_results
+from .store_reader import Fact
 from .validate import FieldError
 
-if TYPE_CHECKING:
-    from .plan import Inputs, _Planner
-
 EVENT_LIMIT = 1000  # Event messages are capped at 1 KiB by the API server
+
+
+@dataclass(frozen=True)
+class Budget:
+    spent: float  # USD, running attempts included
+    limit: float | None  # spec.budgetUSD
+
+    @property
+    def exceeded(self) -> bool:
+        return self.limit is not None and self.spent >= self.limit
+
+    @property
+    def text(self) -> str:
+        return f"${self.spent:,.2f} of ${self.limit:,.2f}" if self.limit is not None else f"${self.spent:,.2f}"
+
+
+@dataclass(frozen=True)
+class RollupInput:
+    """What the planner decided per stage, and the facts roll-up needs to sum it up."""
+
+    spec: RecipeSpec
+    order: tuple[str, ...]  # stages in DAG order
+    deps: Mapping[str, list[str]]
+    fingerprints: Mapping[str, str]
+    weights: Mapping[str, int]  # progress weight per stage (pods x GPUs)
+    generation: int | None
+    now: datetime
+    facts: Mapping[tuple[str, str], Fact]
+    old: RecipeStatus
+    stages: Mapping[str, StageStatus]  # the new per-stage status, removed stages included
+    moving: frozenset[str]  # a Job created now, or a live attempt that is not suspended
+    new_records: tuple[tuple[str, AttemptRecord], ...]  # attempts finished since the last status
+    budget: Budget
 
 
 def _event(plan: Plan, type_: str, reason: str, message: str) -> None:
     plan.events.append(Event(type_, reason, message[:EVENT_LIMIT]))
 
 
-def _stage_events(planner: _Planner, old: RecipeStatus, stages: dict[str, StageStatus]) -> None:
-    plan = planner.out
-    for name, record in planner.new_records:
+def _stage_events(r: RollupInput, plan: Plan) -> None:
+    old, stages = r.old, r.stages
+    for name, record in r.new_records:
         if record.outcome == "Failed" and name in stages and stages[name].phase != "Failed":
-            retries = stage_by_name(planner.spec, name).retries
+            retries = stage_by_name(r.spec, name).retries
             _event(plan, "Warning", "AttemptFailed", f"{name}: attempt {record.attempt} failed: {record.message}; "
                                                      f"retry {stages[name].failures} of {retries}")
         elif record.outcome == "Preempted":
@@ -65,37 +100,37 @@ def _stage_events(planner: _Planner, old: RecipeStatus, stages: dict[str, StageS
         _event(plan, "Normal", "StagesSkipped", f"not started: {stage_list(skipped, 10)} ({stages[skipped[0]].message})")
 
 
-def _phase(planner: _Planner, phases: dict[str, str]) -> tuple[str, list[str], list[str], bool]:
+def _phase(r: RollupInput, phases: Mapping[str, str]) -> tuple[str, list[str], list[str], bool]:
     """(recipe phase, failed stages, moving stages, stopped by the budget)."""
-    order = planner.p.order
+    order = r.order
     failed = [n for n in order if phases[n] == "Failed"]
-    # Moving: a Job that is not suspended, or one created right now (a retry in backoff is not).
-    moving = [n for n in order if n in planner.created
-              or (planner.live.get(n) is not None and phases[n] in ("Running", "Waiting"))]
-    budget_stop = planner.exceeded and not moving and not all(phases[n] in DONE for n in order)
+    moving = [n for n in order if n in r.moving]
+    budget_stop = r.budget.exceeded and not moving and not all(phases[n] in DONE for n in order)
     if all(phases[n] in DONE for n in order):
         return "Succeeded", failed, moving, budget_stop
     if failed or budget_stop:
         return "Failed", failed, moving, budget_stop
-    if planner.spec.suspend:
+    if r.spec.suspend:
         return "Suspended", failed, moving, budget_stop
-    started = any(phases[n] != "Pending" for n in order) or planner.created
+    started = any(phases[n] != "Pending" for n in order) or bool(moving)
     return ("Running" if started else "Pending"), failed, moving, budget_stop
 
 
-def rollup(planner: _Planner) -> Plan:
-    inp, old, plan, spec = planner.inp, planner.old, planner.out, planner.spec
-    now = format_time(inp.now) or ""
-    stages = planner.stages
-    phases = {n: stages[n].phase for n in planner.p.order}
-    phase, failed, moving, budget_stop = _phase(planner, phases)
-    order = planner.p.order
+def rollup(r: RollupInput, plan: Plan) -> Plan:
+    """Fill in the plan's status and recipe-level events from the per-stage decisions."""
+    old, spec = r.old, r.spec
+    now = format_time(r.now) or ""
+    stages = r.stages
+    order = r.order
+    phases = {n: stages[n].phase for n in order}
+    phase, failed, moving, budget_stop = _phase(r, phases)
     gpu = rounded(sum(s.gpu_hours for s in stages.values()))
     usd = rounded(sum(s.cost_usd for s in stages.values()))
     wasted = rounded(sum(s.wasted_gpu_hours for s in stages.values()))
-    wasted_usd = rounded(sum(r.cost_usd for s in stages.values() for r in s.history if r.outcome in ("Failed", "Preempted")))
+    wasted_usd = rounded(sum(rec.cost_usd for s in stages.values() for rec in s.history
+                             if rec.outcome in ("Failed", "Preempted")))
     cached = sum(phases[n] == "Cached" for n in order)
-    g = inp.generation
+    g = r.generation
     conds = list(old.conditions)
     ready_reason = {"Succeeded": "Succeeded", "Failed": "Failed", "Suspended": "Suspended"}.get(phase, "InProgress")
     conds = set_condition(conds, "Ready", phase == "Succeeded", ready_reason,
@@ -113,16 +148,16 @@ def rollup(planner: _Planner) -> Plan:
     if failed:
         conds = set_condition(conds, "Failed", True, "StageFailed", f"stage {failed[0]} {stages[failed[0]].message}", now, g)
     elif budget_stop:
-        conds = set_condition(conds, "Failed", True, "BudgetExceeded", f"budget spent ({planner.spent_text}); "
+        conds = set_condition(conds, "Failed", True, "BudgetExceeded", f"budget spent ({r.budget.text}); "
                               "raise spec.budgetUSD to continue", now, g)
     else:
         conds = set_condition(conds, "Failed", False, "NoFailure", "no stage failed", now, g)
-    if planner.exceeded:
+    if r.budget.exceeded:
         stop = "; running stages suspended" if spec.budget_policy == "stop-all" else "; running stages may finish"
         conds = set_condition(conds, "BudgetExceeded", True, "BudgetExceeded",
-                              f"spent {planner.spent_text} (running stages included): no new stages start{stop}", now, g)
+                              f"spent {r.budget.text} (running stages included): no new stages start{stop}", now, g)
     else:
-        within = f"spent {planner.spent_text}" if spec.budget_usd is not None else "no budget set"
+        within = f"spent {r.budget.text}" if spec.budget_usd is not None else "no budget set"
         conds = set_condition(conds, "BudgetExceeded", False, "WithinBudget", within, now, g)
     suspended_jobs = sum(1 for n in order if phases[n] == "Suspended")
     conds = set_condition(conds, "Suspended", spec.suspend, "SuspendedBySpec" if spec.suspend else "NotSuspended",
@@ -131,11 +166,11 @@ def rollup(planner: _Planner) -> Plan:
     conds = set_condition(conds, "Invalid", False, "Valid", "the recipe is valid", now, g)
     conds.sort(key=lambda c: CONDITION_TYPES.index(c.type))
 
-    results: dict[str, dict] = {}
+    results: dict[str, dict[str, Any]] = {}
     report = None
     for n in order:
-        if phases[n] in ("Succeeded", "Cached") and stage_by_name(spec, n).type == "eval":  # type: ignore[attr-defined]
-            found = _eval_results(stages[n], inp.facts.get(("metrics", n)))
+        if phases[n] in DONE and produces_results(stage_by_name(spec, n)):
+            found = _eval_results(stages[n], r.facts.get(("metrics", n)))
             if found is not None:
                 results, report = merge_results(results, found["results"]), found["report"]
     status = RecipeStatus(
@@ -143,16 +178,16 @@ def rollup(planner: _Planner) -> Plan:
         observed_generation=g,
         current_stage=current_stage(order, phases),
         progress=progress_percent(phases, {n: (s.progress.fraction if s.progress else None) for n, s in stages.items()},
-                                  planner.p.weights),
+                                  r.weights),
         conditions=conds,
-        stages=stages,
+        stages=dict(stages),
         cost=CostTotals(gpu_hours=gpu, usd=usd, wasted_gpu_hours=wasted, wasted_usd=wasted_usd,
                         display=format_usd(usd).replace(",", "")),
         results=results or old.results,
         report=report or old.report,
     )
-    _stage_events(planner, old, stages)
-    _recipe_events(planner, old, status, gpu, usd)
+    _stage_events(r, plan)
+    _recipe_events(r, plan, status, gpu, usd)
     plan.status = dump_status(status)
     return plan
 
@@ -173,16 +208,16 @@ def _eval_results(st: StageStatus, fact: Any) -> dict[str, Any] | None:
     return None
 
 
-def _recipe_events(planner: _Planner, old: RecipeStatus, new: RecipeStatus, gpu: float, usd: float) -> None:
-    plan = planner.out
+def _recipe_events(r: RollupInput, plan: Plan, new: RecipeStatus, gpu: float, usd: float) -> None:
+    old = r.old
     before = {c.type: c for c in old.conditions}
     after = {c.type: c for c in new.conditions}
 
-    def flipped(kind: str, to: str = "True") -> bool:
+    def flipped(kind: ConditionType, to: str = "True") -> bool:
         return after[kind].status == to and (kind not in before or before[kind].status != to)
 
     started = {n: s.fingerprint for n, s in old.stages.items() if s.attempts or s.phase in DONE}
-    roots, downstream = changed_stages(started, planner.p.fingerprints, planner.p.deps)
+    roots, downstream = changed_stages(started, dict(r.fingerprints), dict(r.deps))
     if roots:
         extra = f", and downstream {stage_list(sorted(downstream))}" if downstream else ""
         _event(plan, "Normal", "Replanned", f"spec changed: rerunning {stage_list(sorted(roots))}{extra}")
@@ -201,11 +236,11 @@ def _recipe_events(planner: _Planner, old: RecipeStatus, new: RecipeStatus, gpu:
             _event(plan, "Warning", "RecipeFailed", after["Failed"].message)
 
 
-def invalid(inp: Inputs, old: RecipeStatus, errors: list[FieldError]) -> Plan:
+def invalid(at: datetime, generation: int | None, old: RecipeStatus, errors: list[FieldError]) -> Plan:
     """An invalid recipe: say why (field paths), start nothing, leave running Jobs and costs alone."""
-    now = format_time(inp.now) or ""
+    now = format_time(at) or ""
     message = "; ".join(map(str, errors))
-    g = inp.generation
+    g = generation
     conds = set_condition(list(old.conditions), "Invalid", True, "InvalidSpec", message, now, g)
     conds = set_condition(conds, "Ready", False, "InvalidSpec", "the recipe is invalid", now, g)
     conds = set_condition(conds, "Progressing", False, "InvalidSpec", "nothing starts until the recipe is fixed", now, g)

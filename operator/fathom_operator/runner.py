@@ -20,9 +20,10 @@ def add_operator_arguments(parser: argparse.ArgumentParser) -> None:
                        help="Watch this namespace (repeatable; globs like 'team-*' need list access to namespaces). "
                             "Default: the namespace of the current context or of the operator's pod.")
     scope.add_argument("-A", "--all-namespaces", action="store_true", help="Watch every namespace.")
-    parser.add_argument("--standalone", action="store_true", default=True,
-                        help="Run without kopf peering (the default; the Helm chart runs one replica).")
-    parser.add_argument("--peering", metavar="NAME", help="Coordinate with other operator replicas via kopf peering NAME.")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--standalone", action="store_true",
+                      help="Run without kopf peering (also the default without --peering; the Helm chart runs one replica).")
+    mode.add_argument("--peering", metavar="NAME", help="Coordinate with other operator replicas via kopf peering NAME.")
     parser.add_argument("--metrics-port", type=int, default=0, help="Serve /metrics and /healthz on this port (0: off).")
     parser.add_argument("--defaults", help="Operator defaults (storage, nodePools, images) as the Helm chart mounts them.")
     parser.add_argument("--resync-seconds", type=float, default=None,
@@ -67,9 +68,12 @@ def current_namespace(kubeconfig: str | None) -> str:
 
 
 def cmd_operator(args: argparse.Namespace) -> int:
-    from .cli import _read_defaults
+    from .validate import read_defaults
 
-    defaults = _read_defaults(args.defaults)
+    try:
+        defaults = read_defaults(args.defaults)
+    except ValueError as exc:
+        return _fail(str(exc))
     _configuration(args.kubeconfig)  # fail fast, and clearly, without credentials
     import kopf
 

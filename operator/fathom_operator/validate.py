@@ -9,22 +9,23 @@ from __future__ import annotations
 import difflib
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import yaml
-from fathom_jobs import specs
+from fathom_jobs import registry, specs
 from pydantic import ValidationError
 
 from . import dag
-from .api.recipe import API_VERSION, BASE, KIND, STAGE_MODELS, FathomRecipe, RecipeSpec
+from .api.recipe import API_VERSION, BASE, KIND, STAGE_MODELS, FathomRecipe, RecipeSpec, StageCommon
 
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 # `<recipe>-<stage>-<attempt>` must fit in 63; the recipe part is hash-shortened, the stage is not.
 MAX_STAGE_NAME = 40
 BENCHMARKS = specs.SHIPPED_DATASETS
-SAMPLING_TYPES = {"annotate", "solve-rate", "eval"}
-TRAINING_TYPES = {"sft", "grpo"}
+SAMPLING_TYPES = sorted(name for name, row in registry.STAGE_TYPES.items() if row.samples)
+TRAINING_TYPES = sorted(name for name, row in registry.STAGE_TYPES.items() if row.trains)
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,19 @@ def parse_recipe(doc: dict[str, Any], defaults: dict[str, Any] | None = None) ->
         raise RecipeInvalid(_pydantic_errors(exc)) from None
 
 
+def read_defaults(path: str | None) -> dict[str, Any] | None:
+    """The operator's defaults file (the Helm chart mounts it; JSON or YAML); ValueError says why not."""
+    if not path:
+        return None
+    try:
+        loaded = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ValueError(f"{path}: cannot read defaults: {exc}") from None
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ValueError(f"{path}: defaults must be a mapping")
+    return loaded
+
+
 def apply_defaults(spec: dict[str, Any], defaults: dict[str, Any] | None) -> dict[str, Any]:
     """The operator's defaults (Helm values) under a recipe's spec: the recipe's own values win.
 
@@ -165,9 +179,9 @@ def _check_band(band: specs.SolveRateBand, path: str) -> list[FieldError]:
     return errors
 
 
-def _check_stage_params(stage: Any, path: str, spec: RecipeSpec) -> list[FieldError]:
+def _check_stage_params(stage: StageCommon, path: str, spec: RecipeSpec) -> list[FieldError]:
     errors: list[FieldError] = []
-    if stage.type == "curate":
+    if isinstance(stage, specs.CurateParams):
         select = stage.effective().select
         if select and select.solve_rate:
             errors += _check_band(select.solve_rate, f"{path}.select.solveRate")
@@ -179,7 +193,7 @@ def _check_stage_params(stage: Any, path: str, spec: RecipeSpec) -> list[FieldEr
                     errors.append(FieldError(f"{path}.select.difficulty.{key}", f"difficulty is rated 1-10, got {value}"))
             if d.min is not None and d.max is not None and d.min > d.max:
                 errors.append(FieldError(f"{path}.select.difficulty", f"min {d.min} is above max {d.max}"))
-    elif stage.type == "merge":
+    elif isinstance(stage, specs.MergeParams):
         weights = [m.weight for m in stage.models]
         for i, w in enumerate(weights):
             if w < 0:
@@ -190,20 +204,20 @@ def _check_stage_params(stage: Any, path: str, spec: RecipeSpec) -> list[FieldEr
         for i, name in enumerate(seen):
             if name in seen[:i]:
                 errors.append(FieldError(f"{path}.models[{i}].model", f'"{name}" is listed twice'))
-    elif stage.type in ("eval", "prepare"):
-        field, alias = ("benchmarks", "benchmarks") if stage.type == "eval" else ("decontaminate", "decontaminate")
+    elif isinstance(stage, (specs.EvalParams, specs.PrepareParams)):
+        field = "benchmarks" if isinstance(stage, specs.EvalParams) else "decontaminate"
         for i, bench in enumerate(getattr(stage, field)):
             if "://" not in bench and bench not in BENCHMARKS:
                 errors.append(FieldError(
-                    f"{path}.{alias}[{i}]",
+                    f"{path}.{field}[{i}]",
                     f'unknown benchmark "{bench}"{_suggest(bench, list(BENCHMARKS))}; expected one of '
                     f"{', '.join(BENCHMARKS)} or a store URI",
                 ))
-    if stage.type == "prepare":
+    if isinstance(stage, specs.PrepareParams):
         for i, source in enumerate(stage.sources):
             if source.uri not in BENCHMARKS and (msg := _uri_error(source.uri, specs.STORE_SCHEMES)):
                 errors.append(FieldError(f"{path}.sources[{i}].uri", msg))
-    if stage.type == "grpo":
+    if isinstance(stage, specs.GrpoParams):
         pool = spec.node_pools.get(stage.pool)
         gpus = stage.gpus_per_node if stage.gpus_per_node is not None else (pool.gpus_per_node if pool else 0)
         world = max(1, gpus) * stage.nodes
@@ -218,7 +232,16 @@ def _check_stage_params(stage: Any, path: str, spec: RecipeSpec) -> list[FieldEr
     return errors
 
 
-def _check_placement(stage: Any, path: str, spec: RecipeSpec) -> list[FieldError]:
+def _vllm_field(stage: StageCommon) -> str | None:
+    """The field that asks for vLLM (which needs GPUs), or None."""
+    if isinstance(stage, specs.GrpoParams):
+        return "useVllm" if stage.use_vllm else None
+    if isinstance(stage, specs.AnnotateParams):
+        return "judge.backend" if stage.judge.backend == "vllm" else None
+    return "engine" if getattr(stage, "engine", None) == "vllm" else None
+
+
+def _check_placement(stage: StageCommon, path: str, spec: RecipeSpec) -> list[FieldError]:
     pools = sorted(spec.node_pools)
     pool = spec.node_pools.get(stage.pool)
     if pool is None:
@@ -228,17 +251,15 @@ def _check_placement(stage: Any, path: str, spec: RecipeSpec) -> list[FieldError
     gpus = stage.gpus_per_node if stage.gpus_per_node is not None else pool.gpus_per_node
     if gpus > pool.gpus_per_node:
         errors.append(FieldError(f"{path}.gpusPerNode", f'{gpus} GPUs per pod, but pool "{stage.pool}" nodes have {pool.gpus_per_node}'))
-    wants_vllm = getattr(stage, "engine", None) == "vllm" or (stage.type == "grpo" and stage.use_vllm)
-    if stage.type == "annotate" and stage.judge.backend == "vllm":
-        wants_vllm = True
-    if wants_vllm and gpus == 0:
-        field = "useVllm" if stage.type == "grpo" else ("judge.backend" if stage.type == "annotate" else "engine")
+    field = _vllm_field(stage)
+    if field is not None and gpus == 0:
         errors.append(FieldError(f"{path}.{field}", f'vLLM needs GPUs, but the stage has none (pool "{stage.pool}"); '
                                                     "use the transformers engine or a GPU pool"))
-    if stage.shards > 1 and stage.type not in SAMPLING_TYPES:
-        errors.append(FieldError(f"{path}.shards", f"only sampling stages ({', '.join(sorted(SAMPLING_TYPES))}) are sharded"))
-    if stage.nodes > 1 and stage.type not in TRAINING_TYPES:
-        errors.append(FieldError(f"{path}.nodes", f"only training stages ({', '.join(sorted(TRAINING_TYPES))}) span nodes"))
+    row = registry.stage_type(stage.type)
+    if stage.shards > 1 and not row.samples:
+        errors.append(FieldError(f"{path}.shards", f"only sampling stages ({', '.join(SAMPLING_TYPES)}) are sharded"))
+    if stage.nodes > 1 and not row.trains:
+        errors.append(FieldError(f"{path}.nodes", f"only training stages ({', '.join(TRAINING_TYPES)}) span nodes"))
     if stage.nodes > 1 and gpus == 0:
         errors.append(FieldError(f"{path}.nodes", "multi-node training needs GPUs on each node"))
     return errors
@@ -258,7 +279,7 @@ def _check_references(spec: RecipeSpec) -> list[FieldError]:
                 produced = specs.MODEL
             elif ref.target in by_name:
                 _, target = by_name[ref.target]
-                produced = specs.output_kind(target.type, target)
+                produced = registry.stage_type(target.type).output(target)
             else:
                 hint = _suggest(ref.target, [*by_name, BASE])
                 errors.append(FieldError(path, f'no stage named "{ref.target}"{hint}'))
@@ -280,9 +301,11 @@ def check_spec(spec: RecipeSpec) -> list[FieldError]:
         return errors + [FieldError("spec.nodePools", "required: at least one node pool (no operator default is configured)")]
     if msg := _uri_error(spec.base_model, specs.STORE_SCHEMES):
         errors.append(FieldError("spec.baseModel", msg))
-    secrets = [("spec.storage.credentialsSecret", spec.storage and spec.storage.credentials_secret),
+    secrets = [("spec.storage.credentialsSecret", spec.storage.credentials_secret if spec.storage else None),
                ("spec.hfTokenSecret", spec.hf_token_secret)]
-    secrets += [(f"spec.stages[{i}].judge.apiKeySecret", s.judge.api_key_secret) for i, s in enumerate(spec.stages) if s.type == "annotate"]
+    for i, stage in enumerate(spec.stages):
+        if isinstance(stage, specs.AnnotateParams):
+            secrets.append((f"spec.stages[{i}].judge.apiKeySecret", stage.judge.api_key_secret))
     for path, name in secrets:
         if name is not None and not DNS_SUBDOMAIN.match(name):
             errors.append(FieldError(path, f"{name!r} is not a valid Secret name (DNS-1123 subdomain)"))

@@ -15,9 +15,10 @@ unsharded run draw the same chains.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol, Sequence
+from typing import Literal, Protocol
 
 Message = dict[str, str]
 Conversation = list[Message]

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from . import Completion, Conversation, Sampling
 
@@ -36,7 +36,7 @@ class TransformersEngine:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos_ids)
 
     @classmethod
-    def from_model(cls, model, tokenizer, *, batch_size: int = 8) -> "TransformersEngine":
+    def from_model(cls, model, tokenizer, *, batch_size: int = 8) -> TransformersEngine:
         return cls(model=model, tokenizer=tokenizer, batch_size=batch_size)
 
     def prompt_ids(self, conversation: Conversation) -> list[int]:

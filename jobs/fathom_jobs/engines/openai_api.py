@@ -8,7 +8,7 @@ import json
 import logging
 import random
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 from . import Completion, Conversation, EngineError, Sampling
 

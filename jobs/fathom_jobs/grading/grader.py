@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import atexit
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass, fields
-from typing import Iterable
 
 from fathom_jobs.grading.extraction import ExtractOptions, extract_answer
 from fathom_jobs.grading.limo import limo_fast_symbolic, limo_math_equal
@@ -97,7 +97,7 @@ class Grader:
             self._pool.close()
             self._pool = None
 
-    def __enter__(self) -> "Grader":
+    def __enter__(self) -> Grader:
         return self
 
     def __exit__(self, *exc) -> None:

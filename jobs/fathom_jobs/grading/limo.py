@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Callable
+from collections.abc import Callable
 
 from fathom_jobs.grading.latex_eval import evaluate
 from fathom_jobs.grading.limo_text import limo_choice_answer_clean, limo_strip_string

@@ -20,7 +20,7 @@ uses math-verify/sympy under a timeout (see ``symbolic.py`` and ``pool.py``).
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from fathom_jobs.grading.extraction import choice_letter
 from fathom_jobs.grading.latex_eval import Number, evaluate

@@ -84,7 +84,7 @@ _DECIMAL = re.compile(r"(?<![\d.])(\d+)\.(\d+)(?![\d.])")
 def _exact_decimals(latex: str) -> str:
     """Written decimals as the fractions they denote ("0.75" -> "\\frac{75}{100}"):
     strict mode treats a decimal as an exact value, math-verify would round floats."""
-    return _DECIMAL.sub(lambda m: "\\frac{%d}{1%s}" % (int(m.group(1) + m.group(2)), "0" * len(m.group(2))), latex)
+    return _DECIMAL.sub(lambda m: f"\\frac{{{int(m.group(1) + m.group(2))}}}{{1{'0' * len(m.group(2))}}}", latex)
 
 
 def strict_symbolic_equal(prediction: str, gold: str) -> bool:

@@ -19,12 +19,13 @@ import re
 import tempfile
 from collections import Counter
 
-from ..datasets import ANNOTATED, dataset_identity, read_dataset, require_columns, require_unique_ids
+from ..datasets import ANNOTATED, read_dataset, require_columns, require_unique_ids
 from ..engines import EngineError, Sampling, derive_seed, open_engine
 from ..engines.openai_api import EngineConfigError
 from ..errors import StageInputError
 from ..inputs import cache_root, fetch, store_for
-from ..parts import PartWriter, checkpoint_rows, is_complete, stage_fingerprint
+from ..memo import is_complete, job_fingerprint
+from ..parts import PartWriter, checkpoint_rows
 from ..specs import AnnotateParams, JobSpec
 from ..store import ProgressWriter, write_metrics
 
@@ -96,7 +97,7 @@ def run(job: JobSpec) -> None:
     if "{problem}" not in template:
         raise StageInputError("prompt must contain {problem}, where the problem text goes")
     store = store_for(job.output, job.storage)
-    fingerprint = stage_fingerprint(job, [dataset_identity(params.data, job.storage)])
+    fingerprint = job_fingerprint(job)
     if is_complete(store, fingerprint):
         log.info("%s is complete for these inputs; nothing to do", store.uri)
         return

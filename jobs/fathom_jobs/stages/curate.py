@@ -24,10 +24,10 @@ import random
 import statistics
 from typing import Any
 
-from ..datasets import CHAINS, PROMPTS, dataset_identity, read_dataset, require_columns, write_dataset
+from ..datasets import CHAINS, PROMPTS, read_dataset, require_columns, write_dataset
 from ..errors import StageInputError
 from ..inputs import store_for
-from ..parts import is_complete, stage_fingerprint
+from ..memo import is_complete, job_fingerprint
 from ..specs import SEED_SYSTEM_PROMPT, CurateParams, DifficultyBand, JobSpec, SolveRateBand
 from ..store import write_metrics
 
@@ -115,7 +115,7 @@ def _stats(values: list[float]) -> dict[str, float] | None:
 def run(job: JobSpec) -> None:
     params = CurateParams.model_validate(job.params).effective()
     store = store_for(job.output, job.storage)
-    fingerprint = stage_fingerprint(job, [dataset_identity(params.data, job.storage)])
+    fingerprint = job_fingerprint(job)
     if is_complete(store, fingerprint):
         log.info("%s is complete for these inputs; nothing to do", store.uri)
         return

@@ -39,20 +39,21 @@ import os
 import re
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pyarrow as pa
 
 from ..benchmarks import Benchmark, Problem, load_benchmark
-from ..datasets import dataset_identity
 from ..engines import Completion, Engine, Sampling, chat, derive_seed, open_engine
 from ..errors import StageInputError
 from ..grading import Grader, default_grader, extract_choice
 from ..inputs import cache_root, fetch, store_for
+from ..memo import is_complete, job_fingerprint, job_identities
 from ..metrics import ProblemOutcome, majority_vote, summarize
-from ..parts import PartWriter, checkpoint_rows, is_complete, stage_fingerprint
+from ..parts import PartWriter, checkpoint_rows
 from ..report import write_report
 from ..specs import EvalParams, JobSpec, SamplingParams
 from ..store import METRICS_NAME, ProgressWriter, Store, fingerprint
@@ -338,9 +339,9 @@ def run(job: JobSpec) -> None:
     names = [b.name for b in benchmarks]
     if len(set(names)) != len(names):
         raise StageInputError(f"benchmarks {names} repeat a name; each needs its own")
-    benchmark_ids = [dataset_identity(ref, job.storage) for ref in params.benchmarks]
-    model_ids = [dataset_identity(uri, job.storage) for uri in params.models]
-    stage_fp = stage_fingerprint(job, model_ids + benchmark_ids)
+    identities = job_identities(job)  # the models', then the benchmarks'
+    model_ids, benchmark_ids = identities[:len(params.models)], identities[len(params.models):]
+    stage_fp = job_fingerprint(job, identities)
     if is_complete(root, stage_fp):
         log.info("%s is complete for these inputs; nothing to do", root.uri)
         return

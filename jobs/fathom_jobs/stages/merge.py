@@ -23,10 +23,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..datasets import dataset_identity
 from ..errors import StageInputError
 from ..inputs import cache_root, fetch, store_for
-from ..parts import is_complete, stage_fingerprint
+from ..memo import is_complete, job_fingerprint
 from ..specs import JobSpec, MergeParams
 from ..store import write_metrics
 
@@ -215,7 +214,7 @@ def run(job: JobSpec) -> None:
     params = MergeParams.model_validate(job.params)
     store = store_for(job.output, job.storage)
     uris = [m.model for m in params.models]
-    fingerprint = stage_fingerprint(job, [dataset_identity(uri, job.storage) for uri in uris])
+    fingerprint = job_fingerprint(job)
     if is_complete(store, fingerprint):
         log.info("%s is complete for these inputs", store.uri)
         return

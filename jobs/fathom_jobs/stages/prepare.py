@@ -17,12 +17,12 @@ import math
 from collections import Counter, defaultdict
 from typing import Any
 
-from ..datasets import PROBLEMS, dataset_identity, read_corpus_records, write_dataset
+from ..datasets import PROBLEMS, read_corpus_records, write_dataset
 from ..decontam import ContaminationIndex
 from ..dedup import exact_key, near_duplicates
 from ..errors import StageInputError
 from ..inputs import store_for
-from ..parts import is_complete, stage_fingerprint
+from ..memo import is_complete, job_fingerprint
 from ..specs import CorpusSource, JobSpec, PrepareParams, StorageOptions
 from ..store import ProgressWriter, write_metrics
 
@@ -161,9 +161,7 @@ def select(rows: list[dict[str, Any]], params: PrepareParams, index: Contaminati
 def run(job: JobSpec) -> None:
     params = PrepareParams.model_validate(job.params)
     store = store_for(job.output, job.storage)
-    identities = [dataset_identity(s.uri, job.storage) for s in params.sources]
-    identities += [dataset_identity(name, job.storage) for name in params.decontaminate]
-    fingerprint = stage_fingerprint(job, identities)
+    fingerprint = job_fingerprint(job)
     if is_complete(store, fingerprint):
         log.info("%s is complete for these inputs; nothing to do", store.uri)
         return

@@ -16,11 +16,12 @@ import os
 import tempfile
 from typing import Any
 
-from ..datasets import SAMPLES, SHARDS_DIR, dataset_identity, read_dataset, require_columns, require_unique_ids
+from ..datasets import SAMPLES, SHARDS_DIR, read_dataset, require_columns, require_unique_ids
 from ..engines import Sampling, chat, derive_seed, open_engine
 from ..errors import StageInputError
 from ..inputs import cache_root, fetch, store_for
-from ..parts import PartWriter, checkpoint_rows, is_complete, stage_fingerprint
+from ..memo import is_complete, job_fingerprint
+from ..parts import PartWriter, checkpoint_rows
 from ..specs import JobSpec, SolveRateParams
 from ..store import MANIFEST_NAME, Manifest, ProgressWriter, Store, write_metrics
 
@@ -101,8 +102,7 @@ def run(job: JobSpec) -> None:
     index, count = shard_position(job)
     root = store_for(job.output, job.storage)
     store = root.child(f"{SHARDS_DIR}/{index}-of-{count}")
-    fingerprint = stage_fingerprint(job, [dataset_identity(params.data, job.storage),
-                                          dataset_identity(params.model, job.storage)])
+    fingerprint = job_fingerprint(job)
     if is_complete(store, fingerprint):
         log.info("%s is complete for these inputs", store.uri)
         commit_root_if_complete(root, count, fingerprint)

@@ -1,6 +1,6 @@
 """Artifact store: s3:// and file:// with manifests, checksums and atomic commit.
 
-Layout of a stage's output (DESIGN.md, "Contracts"): the artifact files, `progress.json`,
+Layout of a stage's output (DEVELOPERS.md, "Artifacts between stages"): the artifact files, `progress.json`,
 `metrics.json`, and `_MANIFEST.json` written last. No manifest = no output; a manifest whose
 fingerprint matches the stage's inputs means the stage can be skipped.
 """
@@ -9,7 +9,7 @@ from .base import Store
 from .checkpoints import download_checkpoint, latest_checkpoint, save_checkpoint
 from .errors import AccessDeniedError, IntegrityError, NotFoundError, StoreError
 from .factory import open_store
-from .manifest import MANIFEST_NAME, FileEntry, Manifest, fingerprint, is_memoized
+from .manifest import MANIFEST_NAME, FileEntry, Manifest, fingerprint
 from .progress import METRICS_NAME, PROGRESS_NAME, ProgressWriter, read_progress, write_metrics
 from .transfer import ProgressCallback
 
@@ -28,7 +28,6 @@ __all__ = [
     "StoreError",
     "download_checkpoint",
     "fingerprint",
-    "is_memoized",
     "latest_checkpoint",
     "open_store",
     "read_progress",

@@ -13,7 +13,7 @@ from .errors import StoreError
 from .keys import clean_key
 
 if TYPE_CHECKING:
-    from .base import Store
+    pass
 
 MANIFEST_NAME = "_MANIFEST.json"
 MANIFEST_VERSION = 1
@@ -165,8 +165,3 @@ def fingerprint(
     }
     return hashlib.sha256(canonical_json(document).encode()).hexdigest()
 
-
-def is_memoized(store: Store, fingerprint: str) -> bool:  # noqa: F811 - the value, not the function
-    """True when the store holds a complete output made from exactly these inputs."""
-    manifest = store.read_manifest()
-    return manifest is not None and manifest.fingerprint == fingerprint

@@ -118,7 +118,8 @@ class S3Store(Store):
 
         def get() -> bytes:
             # Read the body inside the retry: a connection reset mid-body is retried too.
-            return client.get_object(Bucket=self._bucket, Key=self._full(key))["Body"].read()
+            body: bytes = client.get_object(Bucket=self._bucket, Key=self._full(key))["Body"].read()
+            return body
 
         return self._call("reading", key, get)
 
@@ -132,7 +133,8 @@ class S3Store(Store):
 
         def head() -> dict[str, Any] | None:
             try:
-                return client.head_object(Bucket=self._bucket, Key=self._full(key))
+                found: dict[str, Any] = client.head_object(Bucket=self._bucket, Key=self._full(key))
+                return found
             except Exception as exc:
                 if _error_code(exc) in _MISSING_CODES:
                     return None

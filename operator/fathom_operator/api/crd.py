@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import BaseModel
+
 from . import recipe, status
 
 Schema = dict[str, Any]
@@ -97,7 +99,7 @@ def _structural(node: Schema) -> Schema:
     return node
 
 
-def openapi_schema(model: type) -> Schema:
+def openapi_schema(model: type[BaseModel]) -> Schema:
     raw = model.model_json_schema(by_alias=True, mode="validation")
     return _structural(_resolve(raw, raw.get("$defs", {})))
 

@@ -7,11 +7,13 @@ flattened into one YAML mapping as users write it:
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Union
+import functools
+import operator
+from typing import TYPE_CHECKING, Annotated, Any, Literal, cast
 
-from fathom_jobs import specs
+from fathom_jobs import registry, specs
 from fathom_jobs.specs import Spec
-from pydantic import Field
+from pydantic import Field, create_model
 
 GROUP = "fathom.dev"
 VERSION = "v1alpha1"
@@ -51,7 +53,7 @@ class Storage(Spec):
     )
 
 
-IMAGE_FAMILIES = ("data", "infer", "train", "merge")
+IMAGE_FAMILIES = registry.FAMILIES
 
 
 class Images(Spec):
@@ -76,61 +78,29 @@ class StageCommon(Spec):
     image: str | None = Field(None, description="Overrides the image of the stage's family.")
     resources: Resources | None = None
     timeout_seconds: int | None = Field(None, gt=0, description="activeDeadlineSeconds of each attempt.")
+    # Each type's model narrows this to its one name (the union's tag).
+    type: str = Field(description=f"The stage type: {', '.join(registry.NAMES)} (a section each below).")
 
 
-class PrepareStage(StageCommon, specs.PrepareParams):
-    type: Literal["prepare"]
+def _stage_model(row: registry.StageType) -> type[StageCommon]:
+    """`<Type>Stage`: the placement fields plus the type's parameters, tagged by `type`."""
+    name = "".join(part.title() for part in row.name.split("-")) + "Stage"
+    tag: Any = Literal[row.name]  # a Literal built at run time, one per registry row
+    bases: Any = (StageCommon, row.params)
+    return cast(type[StageCommon], create_model(name, __base__=bases, __module__=__name__, type=(tag, ...)))
 
 
-class AnnotateStage(StageCommon, specs.AnnotateParams):
-    type: Literal["annotate"]
+STAGE_MODELS: dict[str, type[StageCommon]] = {name: _stage_model(row) for name, row in registry.STAGE_TYPES.items()}
 
-
-class SolveRateStage(StageCommon, specs.SolveRateParams):
-    type: Literal["solve-rate"]
-
-
-class CurateStage(StageCommon, specs.CurateParams):
-    type: Literal["curate"]
-
-
-class GrpoStage(StageCommon, specs.GrpoParams):
-    type: Literal["grpo"]
-
-
-class SftStage(StageCommon, specs.SftParams):
-    type: Literal["sft"]
-
-
-class MergeStage(StageCommon, specs.MergeParams):
-    type: Literal["merge"]
-
-
-class EvalStage(StageCommon, specs.EvalParams):
-    type: Literal["eval"]
-
-
-STAGE_MODELS: dict[str, type[StageCommon]] = {
-    "prepare": PrepareStage,
-    "annotate": AnnotateStage,
-    "solve-rate": SolveRateStage,
-    "curate": CurateStage,
-    "grpo": GrpoStage,
-    "sft": SftStage,
-    "merge": MergeStage,
-    "eval": EvalStage,
-}
-assert tuple(STAGE_MODELS) == specs.STAGE_TYPES
-
-Stage = Annotated[
-    Union[PrepareStage, AnnotateStage, SolveRateStage, CurateStage, GrpoStage, SftStage, MergeStage, EvalStage],
-    Field(discriminator="type"),
-]
+if TYPE_CHECKING:
+    Stage = StageCommon
+else:
+    Stage = Annotated[functools.reduce(operator.or_, STAGE_MODELS.values()), Field(discriminator="type")]
 
 
 def stage_params(stage: StageCommon) -> specs.Spec:
     """The job-side parameter model of a stage (its placement fields dropped)."""
-    params_model = specs.PARAMS_BY_TYPE[stage.type]  # type: ignore[attr-defined]
+    params_model = registry.stage_type(stage.type).params
     data = stage.model_dump(by_alias=True, include=set(params_model.model_fields), exclude_unset=False)
     return params_model.model_validate(data)
 
@@ -152,6 +122,13 @@ class RecipeSpec(Spec):
     cache: bool = Field(True, description="Skip stages whose output already matches their inputs (memoization).")
     service_account_name: str | None = Field(None, description="ServiceAccount of the stage pods.")
     stages: list[Stage] = Field(min_length=1)
+
+    @property
+    def store(self) -> Storage:
+        """`storage` of a validated recipe (validation requires it unless the operator's default fills it)."""
+        if self.storage is None:
+            raise ValueError("spec.storage is required")
+        return self.storage
 
 
 class ObjectMeta(Spec):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import typing
+from collections.abc import Set
 from typing import Any
 
 from pydantic import BaseModel
@@ -48,7 +49,7 @@ def _default(field: Any) -> str:
     return f"`{str(field.default).lower() if isinstance(field.default, bool) else field.default}`"
 
 
-def _table(model: type[BaseModel], skip: set[str] = frozenset()) -> list[str]:
+def _table(model: type[BaseModel], skip: Set[str] = frozenset()) -> list[str]:
     rows = ["| field | type | default | description |", "|---|---|---|---|"]
     for name, field in model.model_fields.items():
         key = field.alias or name

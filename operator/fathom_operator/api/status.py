@@ -7,6 +7,7 @@ them, so a status read back from the cluster compares equal to the one the opera
 
 from __future__ import annotations
 
+import typing
 from typing import Any, Literal
 
 from fathom_jobs.specs import Spec
@@ -14,11 +15,12 @@ from pydantic import Field
 
 RecipePhase = Literal["Pending", "Running", "Succeeded", "Failed", "Suspended"]
 StagePhase = Literal["Pending", "Waiting", "Running", "Succeeded", "Cached", "Failed", "Skipped", "Suspended"]
-CONDITION_TYPES = ("Ready", "Progressing", "Failed", "BudgetExceeded", "Suspended", "Invalid")
+ConditionType = Literal["Ready", "Progressing", "Failed", "BudgetExceeded", "Suspended", "Invalid"]
+CONDITION_TYPES: tuple[ConditionType, ...] = typing.get_args(ConditionType)
 
 
 class Condition(Spec):
-    type: Literal["Ready", "Progressing", "Failed", "BudgetExceeded", "Suspended", "Invalid"]
+    type: ConditionType
     status: Literal["True", "False", "Unknown"]
     reason: str = Field(pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$")
     message: str = ""

@@ -3,8 +3,8 @@
 `StoreReader.read(request)` answers the plan's questions (`plan.Read`):
 
 - `memo`: does the stage's output already hold a complete result for exactly these inputs? The
-  fingerprint is the one the stage's Job computes (`fathom_jobs.store.fingerprint` over its type,
-  resolved parameters, image and input identities), so a hit means the Job would do nothing.
+  fingerprint is the one the stage's Job computes (`fathom_jobs.memo`: its type, resolved
+  parameters, image and input identities), so a hit means the Job would do nothing.
 - `progress`: the running job's `progress.json` (fraction, step/total, ETA).
 - `metrics`: `metrics.json` of a succeeded stage (and `results.json` of an eval stage).
 - `checkpoint`: the newest complete training checkpoint written by this run of the stage.
@@ -17,20 +17,13 @@ Job runs (and memoizes itself), and nothing here may stop a recipe.
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any, Protocol
 
-from fathom_jobs.specs import SHIPPED_DATASETS
-
 from .observe import parse_time
-
-SHARDS_DIR = "shards"
-TRAINING_TYPES = ("sft", "grpo")
 
 
 class Manifest(Protocol):
@@ -69,21 +62,6 @@ class Fact:
     error: str | None = None
 
 
-def memo_inputs(stage_type: str, params: dict[str, Any]) -> list[str]:
-    """The input URIs a stage's Job fingerprints, in its order (mirrors fathom_jobs.stages)."""
-    if stage_type == "prepare":
-        return [s["uri"] for s in params.get("sources", [])] + list(params.get("decontaminate", []))
-    if stage_type == "solve-rate":
-        return [params["data"], params["model"]]
-    if stage_type == "eval":
-        return list(params.get("models", [])) + list(params.get("benchmarks", []))
-    if stage_type == "merge":
-        return [m["model"] for m in params.get("models", [])]
-    if stage_type in TRAINING_TYPES:
-        return [params["data"], params["model"]]
-    return [params["data"]]
-
-
 class StoreReader:
     """Opens each store root once (a boto3 client is costly) and answers `Read`s."""
 
@@ -120,16 +98,18 @@ class StoreReader:
 
     def _memo(self, stage_type: str, params: dict[str, Any], image: str, output: str,
               storage: dict[str, Any]) -> dict[str, Any]:
-        from fathom_jobs.store import fingerprint
+        from fathom_jobs.memo import stage_fingerprint, stage_inputs
 
         manifest = self._open(output, storage).read_manifest()
         if manifest is None or not manifest.fingerprint:
             return {"hit": False}
-        identities = [self.identity(uri, storage) for uri in memo_inputs(stage_type, params)]
-        expected = fingerprint(stage_type, params, image, identities)
+        identities = [self.identity(uri, storage) for uri in stage_inputs(stage_type, params)]
+        expected = stage_fingerprint(stage_type, params, image, identities)
         return {"hit": manifest.fingerprint == expected, "fingerprint": expected}
 
     def _progress(self, output: str, storage: dict[str, Any]) -> dict[str, Any] | None:
+        from fathom_jobs.memo import SHARDS_DIR
+
         store = self._open(output, storage)
         document = _json_or_none(store, "progress.json")
         if document is None and self._sharded(store):
@@ -168,45 +148,22 @@ class StoreReader:
             return None
         return uri
 
-    # -- input identities, as fathom_jobs.datasets.dataset_identity computes them --------------
-
     def identity(self, uri: str, storage: dict[str, Any]) -> Any:
-        from fathom_jobs.inputs import local_path, resolve_file_uri
+        """An input's identity as the Job computes it (fathom_jobs.memo), through this reader's stores."""
+        from fathom_jobs.inputs import resolve_file_uri
+        from fathom_jobs.memo import input_identity
 
-        if uri in SHIPPED_DATASETS:
-            import fathom_jobs
-
-            path = Path(fathom_jobs.__file__).parent / "data" / f"{uri.replace('-', '_')}.jsonl"
-            return {"shipped": uri, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
-        if uri.startswith("hf://"):
-            return {"uri": uri}
-        path = local_path(uri)
-        if path is not None and path.is_file():
-            return {"uri": uri, "size": path.stat().st_size, "mtime": int(path.stat().st_mtime)}
+        # The operator's Store protocol is the slice of fathom_jobs' Store that input_identity reads.
+        opener: Callable[[str], Any] = lambda u: self._open(resolve_file_uri(u), storage)
         try:
-            store = self._open(resolve_file_uri(uri), storage)
-            manifest = store.read_manifest()
-            if manifest is not None:
-                return manifest
-            names = self._shard_names(store)
-            if not names:
-                return {"uri": uri}
-            shards = {n: store.read_manifest(f"{SHARDS_DIR}/{n}") for n in names}
-            return {"uri": uri, "shards": {n: m.to_dict()["files"] for n, m in shards.items()  # type: ignore[attr-defined]
-                                           if m is not None}}
+            return input_identity(uri, opener)
         except Exception:  # noqa: BLE001 - the job side treats an unreadable input the same way
             return {"uri": uri}
 
-    @staticmethod
-    def _shard_names(store: Store) -> list[str]:
-        import re
-
-        pattern = re.compile(r"^\d+-of-\d+$")
-        names = {key.split("/")[1] for key in store.list(SHARDS_DIR) if key.count("/") >= 2}
-        return sorted(n for n in names if pattern.match(n))
-
     def _sharded(self, store: Store) -> bool:
-        return bool(self._shard_names(store))
+        from fathom_jobs.memo import shard_names
+
+        return bool(shard_names(store))  # type: ignore[arg-type]
 
 
 def _json_or_none(store: Store, rel: str) -> Any:
