@@ -8,7 +8,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 # botocore must never probe a cloud metadata address for credentials here (no network but loopback).
 export AWS_EC2_METADATA_DISABLED := true
 
-.PHONY: install test demo manifests constraints clean
+.PHONY: install lint test demo manifests constraints clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -22,7 +22,12 @@ $(STAMP): pyproject.toml constraints.txt | $(BIN)/python
 
 install: $(STAMP)
 
-test: install
+# ruff and mypy (configured in pyproject.toml) before the tests: a lint error fails `make test` fast.
+lint: install
+	$(BIN)/ruff check operator jobs tests bench tools
+	$(BIN)/mypy
+
+test: lint
 	$(BIN)/python -m pytest -q
 
 # The whole recipe on one CPU: a tiny random Qwen2 built locally, every stage type, ./runs as the store.

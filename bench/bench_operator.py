@@ -1,7 +1,7 @@
 """Operator scale: N recipes applied at once -> seconds until every first-stage Job exists.
 
 The operator runs as `fathom operator -A` in a subprocess (so its peak RSS and CPU are its own)
-against the kmock emulator served from this process (tests/operator_harness.Cluster: kmock with
+against the kmock emulator served from this process (tests/support/operator_harness.Cluster: kmock with
 uid/resourceVersion bookkeeping and without its quadratic request log). Every recipe is the full
 Fathom-R1-14B example (10 stages) with its store on local disk, `cache: true` (so each first stage
 also does its memo check against the store), spread over 10 namespaces.
@@ -33,9 +33,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from fathom_operator.api.recipe import API_VERSION  # noqa: E402
-
-from tests.helpers import example  # noqa: E402
-from tests.operator_harness import Cluster, setup_cluster, write_kubeconfig  # noqa: E402
+from tests.support.helpers import example  # noqa: E402
+from tests.support.operator_harness import Cluster, setup_cluster, write_kubeconfig  # noqa: E402
 
 NAMESPACES = 10
 RECIPES = kmock.resource("fathom.dev/v1alpha1/fathomrecipes")

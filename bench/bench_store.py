@@ -31,8 +31,7 @@ sys.path[:0] = [str(ROOT / "jobs"), str(ROOT)]
 from fathom_jobs.store import open_store  # noqa: E402
 from fathom_jobs.store.manifest import hash_file  # noqa: E402
 from fathom_jobs.store.s3 import default_transfer_config  # noqa: E402
-
-from tests.s3server import SeaweedServer  # noqa: E402
+from tests.support.s3server import SeaweedServer  # noqa: E402
 
 MB = 1024 * 1024
 BUCKET = "fathom-bench"

@@ -52,8 +52,9 @@ PROMPT_TOKENS = 256
 
 def build_model(out: Path, shape: dict, layers: int, seed: int = 0) -> Path:
     import torch
-    from fathom_jobs.tiny import build_tokenizer
     from transformers import AutoModelForCausalLM, Qwen2Config
+
+    from fathom_jobs.tiny import build_tokenizer
 
     tokenizer = build_tokenizer()
     config = Qwen2Config(**shape, num_hidden_layers=layers, max_position_embeddings=131072,
@@ -139,9 +140,10 @@ def device_peak(override: float | None) -> tuple[str, float | None]:
 
 def bench_sft(args, model_dir: Path, work: Path) -> dict:
     import torch
+    from transformers import AutoTokenizer
+
     from fathom_jobs.specs import SftParams
     from fathom_jobs.stages import sft
-    from transformers import AutoTokenizer
 
     shape = SHAPES[args.shape]
     steps = args.warmup + args.steps
@@ -176,10 +178,11 @@ def bench_sft(args, model_dir: Path, work: Path) -> dict:
 
 
 def bench_grpo(args, model_dir: Path, work: Path) -> dict:
+    from transformers import AutoTokenizer
+
     from fathom_jobs.grading import Grader
     from fathom_jobs.specs import GrpoParams
     from fathom_jobs.stages import grpo
-    from transformers import AutoTokenizer
 
     steps = args.warmup + args.steps
     params = GrpoParams.model_validate({

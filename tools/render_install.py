@@ -1,6 +1,6 @@
 """Render manifests/install.yaml (for users without Helm) from the chart's defaults.
 
-`make manifests` runs it; tests/test_chart.py fails when the committed file differs.
+`make manifests` runs it; tests/e2e/test_chart.py fails when the committed file differs.
 """
 
 from __future__ import annotations

@@ -6,8 +6,9 @@ import typing
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from fathom_jobs import specs
 from pydantic import BaseModel
+
+from fathom_jobs import specs
 
 from .api.recipe import BASE, RecipeSpec
 

@@ -129,7 +129,7 @@ class Runtime:
                                                    _values(jobs, (namespace, name)), _values(pods, (namespace, name)))
                 except Gone:
                     break
-                except Exception as exc:  # noqa: BLE001 - one bad reconcile must not end the loop
+                except Exception as exc:  # one bad reconcile must not end the loop
                     self.metrics.reconcile_errors.labels(namespace).inc()
                     logger.exception("reconcile failed: %s", api_message(exc))
                 finally:
@@ -199,7 +199,7 @@ class Runtime:
                 await self.kube.suspend_job(namespace, job, suspend)
             for kind, name in result.delete:
                 await self.kube.delete(kind, namespace, name)
-        except Exception as exc:  # noqa: BLE001 - reported on the recipe, retried on the next tick
+        except Exception as exc:  # reported on the recipe, retried on the next tick
             status = getattr(exc, "status", None)
             if status is None or status >= 500 or status == 429:
                 raise  # transient: the loop logs it and tries again

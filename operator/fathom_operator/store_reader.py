@@ -90,7 +90,7 @@ class StoreReader:
     def read(self, request: Read, now: datetime) -> Fact:
         try:
             value = getattr(self, f"_{request.kind}")(**request.args)
-        except Exception as exc:  # noqa: BLE001 - any store failure is reported, never raised
+        except Exception as exc:  # any store failure is reported, never raised
             return Fact(request.key, None, now, f"{type(exc).__name__}: {exc}")
         return Fact(request.key, value, now)
 
@@ -154,10 +154,12 @@ class StoreReader:
         from fathom_jobs.memo import input_identity
 
         # The operator's Store protocol is the slice of fathom_jobs' Store that input_identity reads.
-        opener: Callable[[str], Any] = lambda u: self._open(resolve_file_uri(u), storage)
+        def opener(target: str) -> Any:
+            return self._open(resolve_file_uri(target), storage)
+
         try:
             return input_identity(uri, opener)
-        except Exception:  # noqa: BLE001 - the job side treats an unreadable input the same way
+        except Exception:  # the job side treats an unreadable input the same way
             return {"uri": uri}
 
     def _sharded(self, store: Store) -> bool:

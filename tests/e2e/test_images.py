@@ -10,8 +10,8 @@ import sys
 import tomllib
 
 import pytest
-from fathom_operator import __version__
 
+from fathom_operator import __version__
 from tests.support.helpers import ROOT
 
 IMAGES = sorted(p.parent.name for p in (ROOT / "images").glob("*/Dockerfile"))

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from fathom_jobs.store import open_store
 from fathom_operator.local import run_local
-
 from tests.support.helpers import EXAMPLES
 
 

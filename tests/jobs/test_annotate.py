@@ -7,12 +7,12 @@ import json
 import re
 
 import pytest
+
 from fathom_jobs.datasets import PROBLEMS, read_rows, write_dataset
 from fathom_jobs.engines import EngineError
 from fathom_jobs.inputs import store_for
 from fathom_jobs.stages import annotate
 from fathom_jobs.stages.annotate import parse_difficulty
-
 from tests.support.jobs_helpers import file_uri, make_job, run_cli
 from tests.support.openai_stub_server import Reply, StubServer
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from fathom_jobs.datasets import SAMPLES, read_dataset, read_rows, write_dataset
 from fathom_jobs.errors import StageInputError
 from fathom_jobs.inputs import store_for
 from fathom_jobs.specs import SEED_SYSTEM_PROMPT
 from fathom_jobs.stages import curate
-
 from tests.support.jobs_helpers import file_uri, make_job, run_cli
 
 # id -> (solve rate, difficulty); boundary values sit exactly on the seeds' band edges.

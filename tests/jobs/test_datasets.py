@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
+
 from fathom_jobs.datasets import (
     PROBLEMS,
     interleave,
@@ -17,7 +18,6 @@ from fathom_jobs.datasets import (
 from fathom_jobs.errors import StageInputError
 from fathom_jobs.inputs import fetch, parse_hf, resolve_file_uri, store_for
 from fathom_jobs.specs import CorpusSource
-
 from tests.support.jobs_helpers import file_uri
 
 ROWS = [{"id": f"r{i}", "problem": f"P{i}", "answer": str(i), "solution": None, "source": "s"} for i in range(5)]

@@ -9,10 +9,10 @@ import time
 import types
 
 import pytest
+
 from fathom_jobs.engines import Completion, EngineError, Sampling, chat, derive_seed, open_engine
 from fathom_jobs.engines.hf import TransformersEngine
 from fathom_jobs.engines.openai_api import EngineConfigError, OpenAIEngine
-
 from tests.support.openai_stub_server import Reply, StubServer
 
 PROBLEM = chat("Please reason step by step.", "What is 2 + 3?")

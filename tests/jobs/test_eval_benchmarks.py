@@ -6,8 +6,16 @@ import json
 from collections import Counter
 
 import pytest
-from fathom_jobs.benchmarks import (BENCHMARKS, Problem, benchmark_name, load_benchmark, parse_choices,
-                                    problems_from_rows, shuffle_choices)
+
+from fathom_jobs.benchmarks import (
+    BENCHMARKS,
+    Problem,
+    benchmark_name,
+    load_benchmark,
+    parse_choices,
+    problems_from_rows,
+    shuffle_choices,
+)
 from fathom_jobs.datasets import read_shipped
 from fathom_jobs.errors import StageInputError
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 
 import pytest
-from fathom_jobs.metrics import (ProblemOutcome, Vote, curve_ks, majority_vote, pass_at_k, summarize,
-                                 token_stats)
+
+from fathom_jobs.metrics import ProblemOutcome, Vote, curve_ks, majority_vote, pass_at_k, summarize, token_stats
 
 
 def closed_form(n: int, c: int, k: int) -> float:

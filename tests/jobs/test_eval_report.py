@@ -7,10 +7,11 @@ import json
 from html.parser import HTMLParser
 
 import pytest
+
 from fathom_jobs.report import render_html, render_markdown, write_report
 from fathom_operator.api.status import RecipeStatus
 from fathom_operator.cli import main as fathom
-from fathom_operator.results import (eval_status, merge_results, report_from_status, status_results)
+from fathom_operator.results import eval_status, merge_results, report_from_status, status_results
 
 
 def entry(p1, cons, tokens, k=64):

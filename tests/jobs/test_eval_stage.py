@@ -8,6 +8,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+
 from fathom_jobs.__main__ import main as job_main
 from fathom_jobs.engines import Completion
 from fathom_jobs.grading import Grader

@@ -4,6 +4,7 @@ resume from the operator's checkpoint that continues the step count and the prom
 from __future__ import annotations
 
 import pytest
+
 from fathom_jobs.datasets import PROBLEMS, PROMPTS, write_dataset
 from fathom_jobs.errors import StageInputError
 from fathom_jobs.grading import Grader
@@ -11,7 +12,6 @@ from fathom_jobs.inputs import store_for
 from fathom_jobs.specs import SEED_SYSTEM_PROMPT, GrpoParams
 from fathom_jobs.stages import grpo
 from fathom_jobs.store import latest_checkpoint
-
 from tests.support.jobs_helpers import file_uri, make_job, run_cli
 
 EOS = 1

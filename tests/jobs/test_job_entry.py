@@ -7,9 +7,9 @@ import subprocess
 import sys
 
 import pytest
+
 from fathom_operator.render import job_spec, stage_by_name
 from fathom_operator.validate import load_recipe
-
 from tests.support.helpers import EXAMPLES
 
 

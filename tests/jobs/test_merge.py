@@ -9,12 +9,12 @@ import shutil
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
+
 from fathom_jobs.errors import StageInputError
 from fathom_jobs.inputs import store_for
 from fathom_jobs.specs import MergeParams
 from fathom_jobs.stages import merge
-from safetensors.torch import load_file, save_file
-
 from tests.support.jobs_helpers import file_uri, make_job, run_cli
 
 

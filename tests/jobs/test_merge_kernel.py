@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from mergekit.merge_methods import merge_tensors
+
 from fathom_jobs.specs import MergeParams
 from fathom_jobs.stages import merge
 from fathom_jobs.stages.merge_kernel import METHOD_NAME, ensure_registered, linear_combination
-from mergekit.merge_methods import merge_tensors
 
 
 def inputs(count: int, shape: tuple[int, ...], dtype: torch.dtype, seed: int = 0) -> list[torch.Tensor]:

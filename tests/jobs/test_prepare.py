@@ -7,12 +7,12 @@ import json
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+
 from fathom_jobs.datasets import read_rows, read_shipped
 from fathom_jobs.dedup import exact_key
 from fathom_jobs.errors import StageInputError
 from fathom_jobs.stages import prepare
 from fathom_jobs.stages.prepare import normalise_answer
-
 from tests.support.jobs_helpers import file_uri, make_job, run_cli
 
 AMC = read_shipped("amc23")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from fathom_jobs.rewards import chain_rewards, is_capped, kimi_lambda, length_bonuses
 
 

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
+
 from fathom_jobs.datasets import CHAINS, write_dataset
 from fathom_jobs.inputs import store_for
 from fathom_jobs.specs import SEED_SYSTEM_PROMPT, SftParams
 from fathom_jobs.stages import sft
 from fathom_jobs.store import latest_checkpoint
-from safetensors.torch import load_file
-
 from tests.support.jobs_helpers import file_uri, make_job, run_cli
 
 REASONING = "Add {i} and {i}: ten plus {i} is {s}, so the sum is {s}."
@@ -268,6 +268,7 @@ def test_liger_without_the_package_is_an_input_error(tmp_path, tiny_model_dir):
 def _node_process(rank: int, port: int, store_uri: str, local_root: str) -> None:
     """One process per "node" (gloo on CPU): each has its own disk with its own ZeRO shard."""
     import torch.distributed as dist
+
     from fathom_jobs.training import upload_checkpoint
 
     os.environ.update({"LOCAL_WORLD_SIZE": "1", "LOCAL_RANK": "0"})

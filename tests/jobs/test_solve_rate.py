@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from fathom_jobs.datasets import ANNOTATED, read_dataset, read_rows, write_dataset
 from fathom_jobs.engines import Completion
 from fathom_jobs.errors import StageInputError
 from fathom_jobs.inputs import store_for
 from fathom_jobs.stages import solve_rate
-
 from tests.support.jobs_helpers import file_uri, make_job, run_cli
 
 PROBLEMS = [

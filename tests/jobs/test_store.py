@@ -13,6 +13,8 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
+
+from fathom_jobs.memo import is_complete
 from fathom_jobs.store import (
     AccessDeniedError,
     IntegrityError,
@@ -23,14 +25,12 @@ from fathom_jobs.store import (
     StoreError,
     download_checkpoint,
     fingerprint,
-    is_memoized,
     latest_checkpoint,
     open_store,
     read_progress,
     save_checkpoint,
     write_metrics,
 )
-
 from tests.support.s3server import SeaweedServer  # the s3_server fixture comes from conftest.py
 
 MB = 1024 * 1024
@@ -64,7 +64,7 @@ def s3_env(monkeypatch: pytest.MonkeyPatch, s3_server: SeaweedServer) -> None:
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/aws-credentials")
 
 
-def small_parts():  # type: ignore[no-untyped-def]
+def small_parts():
     """Multipart from 5 MB (the S3 minimum part), so tests exercise it on small files."""
     from boto3.s3.transfer import TransferConfig
 
@@ -224,7 +224,7 @@ def test_corruption_in_transit_is_healed_by_one_retry(store: Store, tmp_path: Pa
     real_get = store._get_file
     flipped: list[str] = []
 
-    def flaky_get(key, local, progress):  # type: ignore[no-untyped-def]
+    def flaky_get(key, local, progress):
         real_get(key, local, progress)
         if key.endswith("00001-of-00002.safetensors") and not flipped:
             flipped.append(key)
@@ -249,7 +249,7 @@ def test_interrupted_upload_leaves_no_output_and_retry_completes(store: Store,
     files = make_checkpoint(tmp_path / "out", big_mb=12)
     stage = store.child("stage")
     stage.upload_dir(tmp_path / "out", fingerprint="old-inputs")
-    assert is_memoized(stage, "old-inputs")
+    assert is_complete(stage, "old-inputs")
 
     def die_half_way(done: int, total: int) -> None:
         if done > total // 3:
@@ -260,10 +260,10 @@ def test_interrupted_upload_leaves_no_output_and_retry_completes(store: Store,
         stage.upload_dir(tmp_path / "out", fingerprint="new-inputs", progress=die_half_way)
     # The old commit was withdrawn before any file changed, and the new one never happened.
     assert stage.read_manifest() is None
-    assert not is_memoized(stage, "new-inputs") and not is_memoized(stage, "old-inputs")
+    assert not is_complete(stage, "new-inputs") and not is_complete(stage, "old-inputs")
 
     manifest = stage.upload_dir(tmp_path / "out", fingerprint="new-inputs")
-    assert is_memoized(stage, "new-inputs")
+    assert is_complete(stage, "new-inputs")
     assert manifest.files["config.json"].size == len(b'{"hidden_size": 128}')
     stage.download_dir("", tmp_path / "down")
     assert read_tree(tmp_path / "down") == {**files, "config.json": b'{"hidden_size": 128}'}
@@ -329,11 +329,11 @@ def test_throttling_is_retried_and_persistent_5xx_named(s3_env: None, bucket: st
 
     monkeypatch.setattr(transfer, "BACKOFF_BASE_S", 0.01)  # keep the test fast
     store = s3_store(s3_server, bucket)
-    client = store._conn.client  # type: ignore[attr-defined]
+    client = store._conn.client
     real_put = client.put_object
     calls: list[str] = []
 
-    def throttled_twice(**kwargs):  # type: ignore[no-untyped-def]
+    def throttled_twice(**kwargs):
         calls.append(kwargs["Key"])
         if len(calls) <= 2:
             raise s3_error("SlowDown", 503)
@@ -343,7 +343,7 @@ def test_throttling_is_retried_and_persistent_5xx_named(s3_env: None, bucket: st
     store.write_json("progress.json", {"step": 1})
     assert len(calls) == 3 and store.read_json("progress.json") == {"step": 1}
 
-    def always_broken(**kwargs):  # type: ignore[no-untyped-def]
+    def always_broken(**kwargs):
         calls.append(kwargs["Key"])
         raise s3_error("InternalError", 500)
 
@@ -422,13 +422,13 @@ def test_memoization_hit_and_miss(store: Store, tmp_path: Path) -> None:
     params = {"select": {"difficulty": {"min": 5}}}
     wanted = fingerprint("curate", params, "fathom/data:1", [upstream])
     stage = store.child("curriculum-set")
-    assert not is_memoized(stage, wanted)  # nothing there yet
+    assert not is_complete(stage, wanted)  # nothing there yet
     stage.upload_dir(tmp_path / "in", fingerprint=wanted)
-    assert is_memoized(stage, wanted)
+    assert is_complete(stage, wanted)
     # Same inputs read back from the store: still a hit.
-    assert is_memoized(stage, fingerprint("curate", params, "fathom/data:1",
+    assert is_complete(stage, fingerprint("curate", params, "fathom/data:1",
                                           [store.child("corpus").read_manifest()]))
-    assert not is_memoized(stage, fingerprint("curate", {"select": {}}, "fathom/data:1",
+    assert not is_complete(stage, fingerprint("curate", {"select": {}}, "fathom/data:1",
                                               [upstream]))
 
 
@@ -474,7 +474,7 @@ def test_progress_is_throttled_and_final_state_written(store: Store) -> None:
     assert writer.update(0, 100, loss=2.0)  # the first update shows up at once
     now[0] = 101.0
     assert not writer.update(10, 100, loss=1.5)
-    assert read_progress(store)["step"] == 0  # type: ignore[index]
+    assert read_progress(store)["step"] == 0
     now[0] = 106.0
     assert writer.update(60, 100, loss=1.0)
     progress = read_progress(store)
@@ -485,10 +485,10 @@ def test_progress_is_throttled_and_final_state_written(store: Store) -> None:
     now[0] = 107.0
     assert not writer.update(70, 100)
     writer.close()
-    assert read_progress(store)["step"] == 70  # type: ignore[index]
+    assert read_progress(store)["step"] == 70
     now[0] = 107.5
     assert writer.update(100, 100)  # the final step is never held back
-    assert read_progress(store)["fraction"] == 1.0  # type: ignore[index]
+    assert read_progress(store)["fraction"] == 1.0
     with pytest.raises(ValueError, match="reserved"):
         writer.update(1, 2, rate=3)
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from fathom_operator.cost import Price, attempt_usage, cost_table, rounded, usage
 from fathom_operator.observe import attempt, observe_job, observe_pod
 
-T0 = datetime(2026, 3, 1, tzinfo=timezone.utc)
+T0 = datetime(2026, 3, 1, tzinfo=UTC)
 H100 = Price("nvidia.com/gpu", gpu_hour_usd=2.83)
 CPU = Price("nvidia.com/gpu", cpu_hour_usd=0.04)
 LABELS = {"fathom.dev/recipe": "r", "fathom.dev/stage": "sft", "fathom.dev/attempt": "0"}

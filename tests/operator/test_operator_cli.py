@@ -10,9 +10,17 @@ import sys
 import urllib.request
 
 import pytest
-from fathom_operator import cli
 
-from tests.support.operator_harness import (Cluster, JobController, apply, small_recipe, stage_phase, until, write_kubeconfig)
+from fathom_operator import cli
+from tests.support.operator_harness import (
+    Cluster,
+    JobController,
+    apply,
+    small_recipe,
+    stage_phase,
+    until,
+    write_kubeconfig,
+)
 
 pytestmark = [pytest.mark.kmock(cls=Cluster), pytest.mark.timeout(90)]
 

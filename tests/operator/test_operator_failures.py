@@ -6,10 +6,27 @@ import asyncio
 from datetime import timedelta
 
 import pytest
-from fathom_operator.plan import Options
 
-from tests.support.operator_harness import (JOBS, RECIPES, T0, Clock, Cluster, JobController, apply, events, live, make_config,
-                               operator, patch_spec, small_recipe, stage_phase, status, until, write_kubeconfig)
+from fathom_operator.plan import Options
+from tests.support.operator_harness import (
+    JOBS,
+    RECIPES,
+    T0,
+    Clock,
+    Cluster,
+    JobController,
+    apply,
+    events,
+    live,
+    make_config,
+    operator,
+    patch_spec,
+    small_recipe,
+    stage_phase,
+    status,
+    until,
+    write_kubeconfig,
+)
 
 pytestmark = [pytest.mark.kmock(cls=Cluster), pytest.mark.asyncio, pytest.mark.timeout(60)]
 

@@ -14,8 +14,21 @@ from typing import Any
 
 import pytest
 
-from tests.support.operator_harness import (T0, Clock, Cluster, JobController, Operator, apply, creates, make_config, small_recipe,
-                               stage_phase, status, until, write_kubeconfig)
+from tests.support.operator_harness import (
+    T0,
+    Clock,
+    Cluster,
+    JobController,
+    Operator,
+    apply,
+    creates,
+    make_config,
+    small_recipe,
+    stage_phase,
+    status,
+    until,
+    write_kubeconfig,
+)
 
 pytestmark = [pytest.mark.kmock(cls=Cluster), pytest.mark.asyncio, pytest.mark.timeout(90)]
 

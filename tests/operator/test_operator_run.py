@@ -12,8 +12,25 @@ from datetime import timedelta
 
 import pytest
 
-from tests.support.operator_harness import (JOBS, SERVICES, T0, Clock, Cluster, JobController, apply, events, live, make_config,
-                               operator, recipe, recipe_doc, setup_cluster, status, until, write_kubeconfig)
+from tests.support.operator_harness import (
+    JOBS,
+    SERVICES,
+    T0,
+    Clock,
+    Cluster,
+    JobController,
+    apply,
+    events,
+    live,
+    make_config,
+    operator,
+    recipe,
+    recipe_doc,
+    setup_cluster,
+    status,
+    until,
+    write_kubeconfig,
+)
 
 pytestmark = [pytest.mark.kmock(cls=Cluster), pytest.mark.asyncio, pytest.mark.timeout(120)]
 
@@ -161,12 +178,10 @@ async def test_fathom_r1_14b_runs_to_ready_in_dependency_order_with_exact_cost(c
 
 
 async def test_a_stage_whose_output_is_already_in_the_store_is_cached_without_a_job(cluster, tmp_path, monkeypatch):
-    from fathom_jobs.datasets import dataset_identity
-    from fathom_jobs.parts import stage_fingerprint
+    from fathom_jobs.memo import job_fingerprint
     from fathom_jobs.store import open_store
     from fathom_operator.render import job_spec, stage_by_name, stage_image
     from fathom_operator.validate import validate_document
-
     from tests.support.operator_harness import small_recipe, stage_phase
 
     doc = small_recipe(cache=True)
@@ -175,9 +190,7 @@ async def test_a_stage_whose_output_is_already_in_the_store_is_cached_without_a_
     job = job_spec(recipe, corpus, 0, "ml")
     # What the prepare Job would have committed on an earlier run with these very inputs.
     monkeypatch.setenv("FATHOM_IMAGE", stage_image(recipe.spec, corpus))
-    params = job.typed_params()
-    fp = stage_fingerprint(job, [dataset_identity(s.uri) for s in params.sources]
-                           + [dataset_identity(b) for b in params.decontaminate])
+    fp = job_fingerprint(job)
     local = tmp_path / "artifact"
     (local / "data").mkdir(parents=True)
     (local / "data" / "part-00000.parquet").write_bytes(b"rows")

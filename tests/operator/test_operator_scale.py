@@ -7,8 +7,22 @@ from datetime import timedelta
 
 import pytest
 
-from tests.support.operator_harness import (T0, Clock, Cluster, JobController, apply, creates, make_config, operator, small_recipe,
-                               stage_phase, status, status_patches, until, write_kubeconfig)
+from tests.support.operator_harness import (
+    T0,
+    Clock,
+    Cluster,
+    JobController,
+    apply,
+    creates,
+    make_config,
+    operator,
+    small_recipe,
+    stage_phase,
+    status,
+    status_patches,
+    until,
+    write_kubeconfig,
+)
 
 pytestmark = [pytest.mark.kmock(cls=Cluster), pytest.mark.asyncio, pytest.mark.timeout(120)]
 NAMESPACES = [f"team-{i}" for i in range(5)]

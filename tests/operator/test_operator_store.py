@@ -2,25 +2,25 @@
 
 The memo check must compute the very fingerprint a stage's Job writes into its manifest, or a
 complete output would never be recognised: these tests pin the operator to the job side
-(`fathom_jobs.parts.stage_fingerprint` over `fathom_jobs.datasets.dataset_identity`).
+(`fathom_jobs.memo.job_fingerprint` over `fathom_jobs.datasets.dataset_identity`).
 """
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from fathom_jobs.datasets import dataset_identity
-from fathom_jobs.parts import stage_fingerprint
-from fathom_jobs.store import fingerprint, open_store, save_checkpoint
-from fathom_operator.progress import Read, StoreReader, memo_inputs, stage_progress
-from fathom_operator.render import job_spec, resolved_params, stage_by_name, stage_image
-from fathom_operator.validate import validate_document
 
+from fathom_jobs.datasets import dataset_identity
+from fathom_jobs.memo import job_fingerprint, stage_inputs
+from fathom_jobs.store import fingerprint, open_store, save_checkpoint
+from fathom_operator.render import job_spec, resolved_params, stage_by_name, stage_image
+from fathom_operator.store_reader import Read, StoreReader, stage_progress
+from fathom_operator.validate import validate_document
 from tests.support.helpers import example
 
-NOW = datetime(2026, 3, 1, tzinfo=timezone.utc)
+NOW = datetime(2026, 3, 1, tzinfo=UTC)
 
 
 def commit(store_uri: str, files: dict[str, str], tmp: Path, fp: str | None = None, rel: str = "") -> None:
@@ -46,7 +46,7 @@ def test_memo_hits_exactly_when_the_job_side_fingerprint_matches(recipe, tmp_pat
     job = job_spec(recipe, stage, 0, "ml")
     # What the curate Job computes (it reads its image from FATHOM_IMAGE, which the operator sets).
     monkeypatch.setenv("FATHOM_IMAGE", stage_image(spec, stage))
-    job_fp = stage_fingerprint(job, [dataset_identity(job.params["data"], job.storage)])
+    job_fp = job_fingerprint(job)
     read = Read("memo", "curriculum-set", "k", {"stage_type": "curate", "params": resolved_params(spec, "ml", "fathom-r1-14b", stage),
                                                "image": stage_image(spec, stage), "output": job.output, "storage": {}})
     reader = StoreReader()
@@ -79,11 +79,11 @@ def test_memo_inputs_follow_each_stage_types_job(recipe):
     spec = recipe.spec
     params = {s.name: resolved_params(spec, "ml", "fathom-r1-14b", s) for s in spec.stages}
     root = spec.storage.uri
-    assert memo_inputs("prepare", params["corpus"]) == [
+    assert stage_inputs("prepare", params["corpus"]) == [
         "hf://open-r1/OpenR1-Math-220k", "hf://AI-MO/NuminaMath-1.5", "aime25", "hmmt25", "gpqa-diamond"]
-    assert memo_inputs("solve-rate", params["solve-6k"]) == [
+    assert stage_inputs("solve-rate", params["solve-6k"]) == [
         f"{root}/ml/fathom-r1-14b/difficulty/", "hf://deepseek-ai/DeepSeek-R1-Distill-Qwen-14B"]
-    assert memo_inputs("eval", params["eval"])[-3:] == ["aime25", "hmmt25", "gpqa-diamond"]
+    assert stage_inputs("eval", params["eval"])[-3:] == ["aime25", "hmmt25", "gpqa-diamond"]
 
 
 def test_progress_metrics_and_results_are_read_from_the_stage_prefix(tmp_path):
@@ -129,6 +129,6 @@ def test_a_retry_resumes_only_from_checkpoints_written_by_this_run(tmp_path):
         args = {"output": out, "storage": {}, "not_before": not_before.strftime("%Y-%m-%dT%H:%M:%SZ")}
         return reader.read(Read("checkpoint", "sft", "k", args), NOW).value
 
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     assert newest(now - timedelta(hours=1)) == uri
     assert newest(now + timedelta(hours=1)) is None  # older than this run of the stage: another spec's

@@ -8,18 +8,18 @@ from __future__ import annotations
 
 import copy
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+
 from fathom_operator import plan as planning
 from fathom_operator.kube import merge_patch
 from fathom_operator.observe import observe_job, observe_pod
-from fathom_operator.progress import Fact
-
+from fathom_operator.store_reader import Fact
 from tests.support.helpers import example, stage_index
 
-T0 = datetime(2026, 3, 1, tzinfo=timezone.utc)
+T0 = datetime(2026, 3, 1, tzinfo=UTC)
 NAME, NS = "fathom-r1-14b", "ml"
 
 
@@ -470,6 +470,7 @@ def test_a_running_job_deleted_behind_the_operators_back_keeps_its_cost_and_is_r
 
 def test_every_status_the_planner_writes_fits_the_crd_schema():
     import jsonschema
+
     from fathom_operator.api.crd import custom_resource_definition
 
     schema = custom_resource_definition()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]

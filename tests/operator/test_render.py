@@ -9,9 +9,9 @@ import sys
 import kubernetes_validate
 import pytest
 import yaml
+
 from fathom_operator.render import job_name, render_recipe, render_stage
 from fathom_operator.validate import load_recipe, validate_document
-
 from tests.support.helpers import EXAMPLE_FILES, ROOT, example
 
 K8S_VERSIONS = ["1.30.0", "1.33.0"]

@@ -18,7 +18,7 @@ import time
 import uuid
 import warnings
 from collections.abc import AsyncIterator, Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,7 @@ JOBS = "batch/v1/jobs"
 PODS = "v1/pods"
 SERVICES = "v1/services"
 EVENTS = "v1/events"
-T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
 
 
 def ts(at: datetime) -> str:
@@ -85,7 +85,7 @@ class Cluster(kmock.KubernetesEmulator):
                 meta["name"] = f"{meta['generateName']}{next(self._counter)}"
             meta.setdefault("namespace", request.namespace)
             meta.setdefault("uid", str(uuid.uuid4()))
-            meta.setdefault("creationTimestamp", ts(datetime.now(timezone.utc)))
+            meta.setdefault("creationTimestamp", ts(datetime.now(UTC)))
             meta.setdefault("generation", 1)
             meta["resourceVersion"] = str(next(self._counter))
         elif request.resource is not None and request.action == kmock.action.UPDATE:
@@ -217,7 +217,7 @@ class Operator:
             asyncio.run(main())
         except asyncio.CancelledError:
             pass
-        except BaseException as exc:  # noqa: BLE001 - surfaced by stop()
+        except BaseException as exc:  # surfaced by stop()
             self.error = exc
 
     async def start(self) -> Operator:
