@@ -232,6 +232,13 @@ class GrpoParams(TrainingParams):
     beta: float = Field(0.0, ge=0, description="KL coefficient (0 = no reference model).")
     length_reward: LengthReward = Field(default_factory=LengthReward)
     use_vllm: bool = Field(True, description="vLLM colocated generation (GPU); transformers generation otherwise.")
+    # TRL's own defaults (0.3, TP 1, no sleep) give vLLM 24 GB of an 80 GB GPU: less than 14B bf16 weights.
+    vllm_gpu_memory_utilization: float = Field(
+        0.5, gt=0, lt=1, description="Share of each GPU the colocated vLLM engine reserves (weights + KV cache).")
+    vllm_tensor_parallel_size: int = Field(
+        1, gt=0, description="GPUs one colocated vLLM engine spans; must divide the pod's GPUs.")
+    vllm_enable_sleep_mode: bool = Field(
+        True, description="Offload vLLM's weights and KV cache while the trainer steps, so both fit on one GPU.")
     system_prompt: str = SEED_SYSTEM_PROMPT
 
 

@@ -4,6 +4,7 @@ localview.py (run --local) and results.py (report), each imported only when it r
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -14,6 +15,8 @@ import yaml
 from . import __version__, dag, results
 from .api.crd import custom_resource_definition
 from .api.recipe import FathomRecipe
+from .cost import format_usd
+from .forecast import Forecast
 from .render import render_recipe, stage_gpus
 from .validate import RecipeInvalid, load_recipe, read_defaults
 
@@ -56,6 +59,49 @@ def cmd_validate(args: argparse.Namespace) -> int:
             where = f"{stage.pool}, {pods} pod{'s' if pods > 1 else ''}" + (f" x {gpus} GPU" if gpus else "")
             after = f"  <- {', '.join(deps[name])}" if deps[name] else ""
             print(f"  {depth}. {name:<22} {stage.type:<11} [{where}]{after}")
+    from .estimate import budget_verdict
+
+    found = _forecast(recipe, None)
+    print(f"forecast: {found.gpu_hours:,.2f} GPU-hours, {format_usd(found.usd)}{budget_verdict(found)}"
+          " (fathom estimate for the breakdown)")
+    for warning in found.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    if found.budget_usd is not None and found.usd > found.budget_usd:
+        print(f"warning: the forecast {format_usd(found.usd)} exceeds budgetUSD {format_usd(found.budget_usd)}",
+              file=sys.stderr)
+    return 0
+
+
+def _forecast(recipe: FathomRecipe, calibration_path: str | None) -> Forecast:
+    """The recipe's forecast, with the base model's config.json when it is a local directory."""
+    from .forecast import forecast
+    from .hardware import CalibrationError, load_calibration
+
+    try:
+        calibration = load_calibration(calibration_path) if calibration_path else None
+    except CalibrationError as exc:
+        print(exc, file=sys.stderr)
+        raise SystemExit(1) from None
+    return forecast(recipe, calibration, model=_local_model_config(recipe.spec.base_model))
+
+
+def _local_model_config(uri: str) -> dict[str, Any] | None:
+    path = Path(uri[len("file://"):]) / "config.json" if uri.startswith("file://") else None
+    try:
+        loaded = json.loads(path.read_text()) if path is not None and path.is_file() else None
+    except (OSError, ValueError):
+        return None
+    return loaded if isinstance(loaded, dict) and "num_hidden_layers" in loaded else None
+
+
+def cmd_estimate(args: argparse.Namespace) -> int:
+    from .estimate import render_table, to_dict
+
+    found = _forecast(_load(args.file, args.defaults), args.calibration)
+    if args.output == "json":
+        print(json.dumps(to_dict(found), indent=2))
+    else:
+        sys.stdout.write(render_table(found))
     return 0
 
 
@@ -109,6 +155,11 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("-n", "--namespace", help="Namespace of the recipe (default: metadata.namespace or default).")
     render.add_argument("--defaults", help=defaults_help)
     add("crd", cmd_crd, "Print the FathomRecipe CustomResourceDefinition.")
+    estimate = add("estimate", cmd_estimate, "Forecast a recipe's GPU-hours, USD and wall time per stage before it runs.")
+    estimate.add_argument("file")
+    estimate.add_argument("--defaults", help=defaults_help)
+    estimate.add_argument("--calibration", help="GPU calibration JSON (bench/gpu_calibrate.py writes it).")
+    estimate.add_argument("-o", "--output", choices=("table", "json"), default="table")
     operator = add("operator", _runner("cmd_operator"), "Run the operator against the current kubeconfig (or in-cluster).")
     _runner("add_operator_arguments")(operator)
     cost = add("cost", _runner("cmd_cost"), "Print a recipe's GPU-hours and USD per stage, from the cluster.")

@@ -31,10 +31,13 @@ from fathom_jobs import registry
 from . import dag
 from .actions import Event, Plan, dump_status
 from .api.recipe import API_VERSION, KIND, FathomRecipe
-from .api.status import AttemptRecord, RecipeStatus, StageProgress, StageStatus
+from .api.status import AttemptOutcome, AttemptRecord, ForecastStatus, RecipeStatus, StageProgress, StageStatus
 from .conditions import DONE
-from .cost import ZERO, Price, Usage, attempt_usage, rounded
+from .cost import ZERO, Price, Usage, attempt_usage, format_usd, rounded
+from .estimate import forecast_fingerprint, forecast_status, measured_from_status
 from .fingerprints import stage_fingerprints
+from .forecast import forecast
+from .hardware import Calibration, CalibrationError, parse_calibration
 from .observe import ANNOTATION_FINGERPRINT, Attempt, JobObs, PodObs, attempts, format_time, parse_time
 from .render import (
     produces_results,
@@ -53,7 +56,7 @@ from .validate import FieldError, RecipeInvalid, validate_document
 
 __all__ = ["Event", "Inputs", "Options", "Parsed", "Plan", "Read", "dump_status", "load_status", "parse", "plan"]
 
-OUTCOME = {"succeeded": "Succeeded", "failed": "Failed", "preempted": "Preempted"}
+OUTCOME: dict[str, AttemptOutcome] = {"succeeded": "Succeeded", "failed": "Failed", "preempted": "Preempted"}
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,7 @@ class Parsed:
     order: list[str]
     fingerprints: dict[str, str]
     weights: dict[str, int]
+    calibration: Calibration | None = None  # the operator's GPU calibration (Helm defaults.calibration)
 
 
 @dataclass(frozen=True)
@@ -102,7 +106,13 @@ def parse(name: str, namespace: str, spec: Any, defaults: dict[str, Any] | None 
     deps = dag.dependencies(recipe.spec)
     order = [n for level in dag.levels(deps) for n in level]
     weights = {s.name: stage_pods(s) * max(1, stage_gpus(recipe.spec, s)) for s in recipe.spec.stages}
-    return Parsed(recipe, deps, order, stage_fingerprints(recipe, namespace, deps), weights)
+    calibration = None
+    if defaults and defaults.get("calibration"):
+        try:
+            calibration = parse_calibration(defaults["calibration"], "defaults.calibration")
+        except CalibrationError:
+            pass  # the admin's file is checked where it is loaded (`fathom operator`); the forecast uses the cited constants
+    return Parsed(recipe, deps, order, stage_fingerprints(recipe, namespace, deps), weights, calibration)
 
 
 def load_status(raw: Any) -> RecipeStatus:
@@ -126,9 +136,9 @@ def backoff(options: Options, failures: int) -> float:
     return min(options.backoff_cap_seconds, options.backoff_seconds * 2.0 ** max(0, failures - 1))
 
 
-def _record(a: Attempt, outcome: str, price: Price, now: datetime) -> AttemptRecord:
+def _record(a: Attempt, outcome: AttemptOutcome, price: Price, now: datetime) -> AttemptRecord:
     used = attempt_usage(a, price, now)
-    return AttemptRecord(attempt=a.attempt, job=a.job.name, outcome=outcome,  # type: ignore[arg-type]
+    return AttemptRecord(attempt=a.attempt, job=a.job.name, outcome=outcome,
                          fingerprint=a.job.fingerprint, start_time=format_time(a.start),
                          completion_time=format_time(a.end or now), gpu_hours=rounded(used.gpu_hours, 4),
                          cost_usd=rounded(used.usd, 4), message=a.message)
@@ -153,6 +163,8 @@ class _Planner:
         for name in [*self.p.order, *gone]:
             self.account(name)
         self.budget = Budget(rounded(sum(self.stage_cost(n)[1] for n in self.history)), self.spec.budget_usd)
+        self.forecast = self.make_forecast(self.old.stages, self.old.forecast)  # what `budgetPolicy: forecast` uses
+        self.held_by_forecast: list[str] = []
         self.failed_for_good = [n for n in self.p.order if self.live[n] is None and self._failed_for_good(n)]
 
     # -- accounting: what finished, what runs, what it cost ----------------------------------
@@ -252,6 +264,28 @@ class _Planner:
             return f"held: the budget is spent ({self.budget.text})"
         return None
 
+    def make_forecast(self, stages: dict[str, StageStatus], *known: ForecastStatus | None) -> ForecastStatus:
+        """The recipe's forecast given these stage states; one of `known` while the spec and the
+        finished stages (and their metrics) are the same."""
+        fingerprint = forecast_fingerprint(self.p.fingerprints, stages)
+        for candidate in known:
+            if candidate is not None and candidate.fingerprint == fingerprint:
+                return candidate
+        found = forecast(self.p.recipe, self.p.calibration, measured=measured_from_status(stages))
+        return forecast_status(found, stages, fingerprint)
+
+    def over_forecast(self, name: str) -> str | None:
+        """Under `budgetPolicy: forecast`, why this stage may not start (its forecast would pass the budget)."""
+        limit = self.spec.budget_usd
+        row = self.forecast.stages.get(name)
+        if self.spec.budget_policy != "forecast" or limit is None or row is None:
+            return None
+        if self.budget.spent + row.usd <= limit:
+            return None
+        self.held_by_forecast.append(name)
+        return (f"held: spent {format_usd(self.budget.spent)} + this stage's forecast {format_usd(row.usd)} "
+                f"= {format_usd(self.budget.spent + row.usd)} would pass the budget {format_usd(limit)}")
+
     def start(self, name: str, st: StageStatus, retry: bool) -> None:
         stage = stage_by_name(self.spec, name)
         fp = self.p.fingerprints[name]
@@ -271,6 +305,9 @@ class _Planner:
                 st.phase, st.output, st.message = "Cached", output, "the store already holds this output"
                 self.finished(name, st, self.old.stages.get(name))  # its metrics (and eval results) too
                 return
+        if reason := self.over_forecast(name):
+            st.phase, st.message = ("Waiting" if retry else "Pending"), reason
+            return
         attempt = self.next_attempt(name)
         resume = None
         if retry and registry.stage_type(stage.type).trains:
@@ -439,7 +476,8 @@ class _Planner:
             spec=self.spec, order=tuple(self.p.order), deps=self.p.deps, fingerprints=self.p.fingerprints,
             weights=self.p.weights, generation=self.inp.generation, now=self.now, facts=self.inp.facts,
             old=self.old, stages=self.stages, moving=moving, new_records=tuple(self.new_records),
-            budget=self.budget), self.out)
+            budget=self.budget, forecast=self.make_forecast(self.stages, self.forecast, self.old.forecast),
+            held_by_forecast=tuple(self.held_by_forecast)), self.out)
 
     def _failed_for_good(self, name: str) -> bool:
         fp = self.p.fingerprints[name]

@@ -16,7 +16,16 @@ from typing import Any
 
 from .actions import Event, Plan, dump_status
 from .api.recipe import RecipeSpec
-from .api.status import CONDITION_TYPES, AttemptRecord, ConditionType, CostTotals, RecipeStatus, StageStatus
+from .api.status import (
+    CONDITION_TYPES,
+    AttemptRecord,
+    ConditionType,
+    CostTotals,
+    ForecastStatus,
+    RecipePhase,
+    RecipeStatus,
+    StageStatus,
+)
 from .conditions import DONE, current_stage, progress_percent, set_condition, stage_list
 from .cost import format_usd, rounded
 from .fingerprints import changed_stages
@@ -60,6 +69,8 @@ class RollupInput:
     moving: frozenset[str]  # a Job created now, or a live attempt that is not suspended
     new_records: tuple[tuple[str, AttemptRecord], ...]  # attempts finished since the last status
     budget: Budget
+    forecast: ForecastStatus | None = None
+    held_by_forecast: tuple[str, ...] = ()  # stages `budgetPolicy: forecast` keeps from starting
 
 
 def _event(plan: Plan, type_: str, reason: str, message: str) -> None:
@@ -100,12 +111,13 @@ def _stage_events(r: RollupInput, plan: Plan) -> None:
         _event(plan, "Normal", "StagesSkipped", f"not started: {stage_list(skipped, 10)} ({stages[skipped[0]].message})")
 
 
-def _phase(r: RollupInput, phases: Mapping[str, str]) -> tuple[str, list[str], list[str], bool]:
+def _phase(r: RollupInput, phases: Mapping[str, str]) -> tuple[RecipePhase, list[str], list[str], bool]:
     """(recipe phase, failed stages, moving stages, stopped by the budget)."""
     order = r.order
     failed = [n for n in order if phases[n] == "Failed"]
     moving = [n for n in order if n in r.moving]
-    budget_stop = r.budget.exceeded and not moving and not all(phases[n] in DONE for n in order)
+    stopped = r.budget.exceeded or bool(r.held_by_forecast)
+    budget_stop = stopped and not moving and not all(phases[n] in DONE for n in order)
     if all(phases[n] in DONE for n in order):
         return "Succeeded", failed, moving, budget_stop
     if failed or budget_stop:
@@ -147,6 +159,9 @@ def rollup(r: RollupInput, plan: Plan) -> Plan:
         conds = set_condition(conds, "Progressing", False, reason, f"recipe {phase.lower()}", now, g)
     if failed:
         conds = set_condition(conds, "Failed", True, "StageFailed", f"stage {failed[0]} {stages[failed[0]].message}", now, g)
+    elif budget_stop and not r.budget.exceeded:
+        conds = set_condition(conds, "Failed", True, "ForecastOverBudget", f"{r.held_by_forecast[0]} "
+                              f"{stages[r.held_by_forecast[0]].message}; raise spec.budgetUSD to continue", now, g)
     elif budget_stop:
         conds = set_condition(conds, "Failed", True, "BudgetExceeded", f"budget spent ({r.budget.text}); "
                               "raise spec.budgetUSD to continue", now, g)
@@ -156,6 +171,10 @@ def rollup(r: RollupInput, plan: Plan) -> Plan:
         stop = "; running stages suspended" if spec.budget_policy == "stop-all" else "; running stages may finish"
         conds = set_condition(conds, "BudgetExceeded", True, "BudgetExceeded",
                               f"spent {r.budget.text} (running stages included): no new stages start{stop}", now, g)
+    elif r.held_by_forecast:
+        held = r.held_by_forecast[0]
+        conds = set_condition(conds, "BudgetExceeded", True, "ForecastOverBudget",
+                              f"{held} {stages[held].message} (budgetPolicy: forecast)", now, g)
     else:
         within = f"spent {r.budget.text}" if spec.budget_usd is not None else "no budget set"
         conds = set_condition(conds, "BudgetExceeded", False, "WithinBudget", within, now, g)
@@ -174,7 +193,7 @@ def rollup(r: RollupInput, plan: Plan) -> Plan:
             if found is not None:
                 results, report = merge_results(results, found["results"]), found["report"]
     status = RecipeStatus(
-        phase=phase,  # type: ignore[arg-type]
+        phase=phase,
         observed_generation=g,
         current_stage=current_stage(order, phases),
         progress=progress_percent(phases, {n: (s.progress.fraction if s.progress else None) for n, s in stages.items()},
@@ -183,6 +202,7 @@ def rollup(r: RollupInput, plan: Plan) -> Plan:
         stages=dict(stages),
         cost=CostTotals(gpu_hours=gpu, usd=usd, wasted_gpu_hours=wasted, wasted_usd=wasted_usd,
                         display=format_usd(usd).replace(",", "")),
+        forecast=r.forecast,
         results=results or old.results,
         report=report or old.report,
     )

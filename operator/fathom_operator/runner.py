@@ -49,7 +49,7 @@ def _configuration(kubeconfig: str | None) -> Any:
 
     try:
         return load_configuration(kubeconfig)
-    except Exception as exc:  # noqa: BLE001 - ConfigException, missing file, bad YAML: one line, no traceback
+    except Exception as exc:  # ConfigException, missing file, bad YAML: one line, no traceback
         raise SystemExit(_fail(f"cannot load Kubernetes credentials: {exc}")) from None
 
 
@@ -63,15 +63,18 @@ def current_namespace(kubeconfig: str | None) -> str:
         path = kubeconfig or os.environ.get("KUBECONFIG") or "~/.kube/config"
         _, active = kubernetes.config.list_kube_config_contexts(config_file=path)
         return (active or {}).get("context", {}).get("namespace") or "default"
-    except Exception:  # noqa: BLE001 - no context namespace: Kubernetes' own default
+    except Exception:  # no context namespace: Kubernetes' own default
         return "default"
 
 
 def cmd_operator(args: argparse.Namespace) -> int:
+    from .hardware import parse_calibration
     from .validate import read_defaults
 
     try:
         defaults = read_defaults(args.defaults)
+        if defaults and defaults.get("calibration"):  # a bad calibration stops the operator, not each recipe
+            parse_calibration(defaults["calibration"], "defaults.calibration")
     except ValueError as exc:
         return _fail(str(exc))
     _configuration(args.kubeconfig)  # fail fast, and clearly, without credentials
@@ -94,8 +97,8 @@ def cmd_operator(args: argparse.Namespace) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not args.verbose:  # kopf logs every handler call on every pod event at INFO
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
-    if args.metrics_port:
-        config.metrics.serve(args.metrics_port)  # type: ignore[union-attr]
+    if args.metrics_port and config.metrics is not None:
+        config.metrics.serve(args.metrics_port)
     where = "all namespaces" if args.all_namespaces else ", ".join(namespaces)
     logging.getLogger("fathom.operator").info("watching FathomRecipes in %s", where)
     kopf.run(standalone=not args.peering, peering_name=args.peering, clusterwide=args.all_namespaces,
@@ -110,7 +113,7 @@ def cmd_cost(args: argparse.Namespace) -> int:
     namespace = args.namespace or current_namespace(args.kubeconfig)
     try:
         found = kube.get_recipe(namespace, args.name)
-    except Exception as exc:  # noqa: BLE001 - API errors (403, unreachable server) in one line
+    except Exception as exc:  # API errors (403, unreachable server) in one line
         return _fail(f"cannot read FathomRecipe {namespace}/{args.name}: {api_message(exc)}")
     finally:
         kube.close()

@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from fathom_jobs import registry, specs
 from pydantic import ValidationError
+
+from fathom_jobs import registry, specs
 
 from . import dag
 from .api.recipe import API_VERSION, BASE, KIND, STAGE_MODELS, FathomRecipe, RecipeSpec, StageCommon
@@ -222,6 +223,9 @@ def _check_stage_params(stage: StageCommon, path: str, spec: RecipeSpec) -> list
         gpus = stage.gpus_per_node if stage.gpus_per_node is not None else (pool.gpus_per_node if pool else 0)
         world = max(1, gpus) * stage.nodes
         batch = stage.per_device_batch_size * world * stage.gradient_accumulation_steps
+        if stage.use_vllm and max(1, gpus) % stage.vllm_tensor_parallel_size:
+            errors.append(FieldError(f"{path}.vllmTensorParallelSize",
+                                     f"{stage.vllm_tensor_parallel_size} does not divide the pod's {gpus} GPUs"))
         if batch % stage.num_generations:
             errors.append(FieldError(
                 f"{path}.numGenerations",
@@ -344,6 +348,10 @@ def validate_document(doc: dict[str, Any], defaults: dict[str, Any] | None = Non
         errors.append(FieldError("metadata.name", f"{len(recipe.metadata.name)} characters; at most 63 for a recipe "
                                                   "the operator runs (its Jobs carry it in the fathom.dev/recipe label)"))
     errors += check_spec(recipe.spec)
+    if not errors:  # GPU memory: only a well-formed recipe has placements to check
+        from .forecast import check_recipe
+
+        errors += [FieldError(p.path, p.problem.message) for p in check_recipe(recipe)]
     if errors:
         raise RecipeInvalid(errors)
     return recipe

@@ -10,8 +10,8 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
-from fathom_operator.api.crd import custom_resource_definition
 
+from fathom_operator.api.crd import custom_resource_definition
 from tests.support.helpers import EXAMPLE_FILES, ROOT, example
 
 CRD_COPIES = [ROOT / "manifests" / "crd.yaml", ROOT / "charts" / "fathom-operator" / "crds" / "fathomrecipes.fathom.dev.yaml"]
@@ -66,7 +66,7 @@ def test_crd_identity_and_printer_columns():
     assert crd["spec"]["scope"] == "Namespaced"
     version = crd["spec"]["versions"][0]
     assert version["name"] == "v1alpha1" and version["subresources"] == {"status": {}}
-    assert [c["name"] for c in version["additionalPrinterColumns"]] == ["Phase", "Stage", "Progress", "GPU-Hours", "Cost", "Age"]
+    assert [c["name"] for c in version["additionalPrinterColumns"]] == ["Phase", "Stage", "Progress", "GPU-Hours", "Cost", "Forecast", "Age"]
 
 
 def _as_json_schema(node: Any) -> Any:

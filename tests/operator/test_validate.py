@@ -8,8 +8,8 @@ from collections.abc import Callable
 
 import pytest
 import yaml
-from fathom_operator.validate import RecipeInvalid, load_recipe, validate_document
 
+from fathom_operator.validate import RecipeInvalid, load_recipe, validate_document
 from tests.support.helpers import EXAMPLE_FILES, example, stage_index
 
 
@@ -30,7 +30,7 @@ def test_examples_validate_and_print_the_plan(path):
 
 def test_plan_orders_stages_after_their_inputs():
     out = fathom("validate", "manifests/examples/fathom-r1-14b-rs.yaml").stdout
-    lines = [line.split()[:2] for line in out.splitlines()[1:]]
+    lines = [line.split()[:2] for line in out.splitlines()[1:] if line.strip()[:1].isdigit()]
     level = {name: int(depth.rstrip(".")) for depth, name in lines}
     assert level["corpus"] == 1 and level["difficulty"] == 2
     assert level["grpo-compress"] < level["sft-shortest"] < level["fathom-r1-14b-rs"] < level["eval"]
@@ -127,7 +127,30 @@ BROKEN = [
      "kind: expected FathomRecipe, got 'Recipe'"),
     ("merge-one-model", R1, lambda d: _stage(d, "fathom-r1-14b")["models"].pop(),
      "spec.stages[8].models: List should have at least 2 items after validation, not 1"),
+    ("negative-estimate-hint", R1, lambda d: _stage(d, "corpus").update(estimate={"problems": -5}),
+     "spec.stages[0].estimate.problems: Input should be greater than or equal to 0, got -5"),
+    ("model-info-wrong-type", R1, lambda d: d["spec"].update(modelInfo={
+        "layers": "many", "hiddenSize": 5120, "attentionHeads": 40, "vocabSize": 152064, "intermediateSize": 13824}),
+     "spec.modelInfo.layers: Input should be a valid integer, unable to parse string as an integer, got 'many'"),
+    ("grpo-vllm-tp-not-dividing", RS, lambda d: _stage(d, "grpo-compress").update(vllmTensorParallelSize=3),
+     "spec.stages[6].vllmTensorParallelSize: 3 does not divide the pod's 8 GPUs"),
+    ("grpo-vllm-too-small", RS, lambda d: _stage(d, "grpo-compress").update(
+        vllmGpuMemoryUtilization=0.3, vllmEnableSleepMode=False),
+     "spec.stages[6].vllmGpuMemoryUtilization: GRPO colocated vLLM gets 24.0 GB (0.3 × 80 GB) for 29.5 GB of "
+     "weights + 1.2 GB KV cache of one 6,200-token sequence + 1.5 GB overhead; set vllmGpuMemoryUtilization ≥ 0.45 "
+     "or vllmTensorParallelSize: 2"),
 ]
+
+
+def test_an_unknown_gpu_product_is_a_warning_not_an_error(tmp_path):
+    doc = example("fathom-r1-14b.yaml")
+    doc["spec"]["nodePools"]["h100"]["nodeSelector"]["nvidia.com/gpu.product"] = "NVIDIA-Z900"
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    done = fathom("validate", str(path))
+    assert done.returncode == 0
+    assert "warning: pool \"h100\": unknown GPU product 'NVIDIA-Z900'; assuming NVIDIA-H100-80GB-HBM3" in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 @pytest.mark.parametrize("case_id,name,edit,expected", BROKEN, ids=[c[0] for c in BROKEN])

@@ -126,7 +126,9 @@ def grpo_config(params: GrpoParams, output_dir):
         "use_vllm": use_vllm,
     }
     if use_vllm:
-        arguments["vllm_mode"] = "colocate"
+        arguments.update(vllm_mode="colocate", vllm_gpu_memory_utilization=params.vllm_gpu_memory_utilization,
+                         vllm_tensor_parallel_size=params.vllm_tensor_parallel_size,
+                         vllm_enable_sleep_mode=params.vllm_enable_sleep_mode)
     return GRPOConfig(**arguments)
 
 

@@ -110,6 +110,7 @@ PRINTER_COLUMNS = [
     {"name": "Progress", "type": "string", "jsonPath": ".status.progress"},
     {"name": "GPU-Hours", "type": "number", "jsonPath": ".status.cost.gpuHours"},
     {"name": "Cost", "type": "string", "jsonPath": ".status.cost.display"},
+    {"name": "Forecast", "type": "string", "jsonPath": ".status.forecast.display"},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
 

@@ -11,9 +11,12 @@ import functools
 import operator
 from typing import TYPE_CHECKING, Annotated, Any, Literal, cast
 
+from pydantic import Field, create_model
+
 from fathom_jobs import registry, specs
 from fathom_jobs.specs import Spec
-from pydantic import Field, create_model
+
+from .hints import EstimateHints, ModelInfo
 
 GROUP = "fathom.dev"
 VERSION = "v1alpha1"
@@ -41,6 +44,9 @@ class NodePool(Spec):
     gpus_per_node: int = Field(0, ge=0, description="GPUs on each node; 0 for a CPU pool.")
     gpu_hour_usd: float = Field(0.0, ge=0, alias="gpuHourUSD", description="Price of one GPU for one hour.")
     cpu_hour_usd: float = Field(0.0, ge=0, alias="cpuHourUSD", description="Price of one CPU core for one hour.")
+    gpu_memory_gib: float | None = Field(
+        None, gt=0, alias="gpuMemoryGiB",
+        description="Memory of one GPU; default: from the nvidia.com/gpu.product nodeSelector label when known.")
 
 
 class Storage(Spec):
@@ -80,6 +86,8 @@ class StageCommon(Spec):
     timeout_seconds: int | None = Field(None, gt=0, description="activeDeadlineSeconds of each attempt.")
     # Each type's model narrows this to its one name (the union's tag).
     type: str = Field(description=f"The stage type: {', '.join(registry.NAMES)} (a section each below).")
+    estimate: EstimateHints | None = Field(
+        None, description="Hints for the cost forecast until the stage's inputs have run (measured counts win).")
 
 
 def _stage_model(row: registry.StageType) -> type[StageCommon]:
@@ -114,13 +122,17 @@ class RecipeSpec(Spec):
     images: Images = Field(default_factory=Images)
     hf_token_secret: str | None = Field(None, description="Secret with HF_TOKEN for hf:// models and datasets.")
     budget_usd: float | None = Field(None, gt=0, alias="budgetUSD", description="Spend limit in USD.")
-    budget_policy: Literal["no-new-stages", "stop-all"] = Field(
-        "no-new-stages", description="At the budget: start nothing new, or also suspend running stages."
+    budget_policy: Literal["no-new-stages", "stop-all", "forecast"] = Field(
+        "no-new-stages", description="At the budget: start nothing new, or also suspend running stages; "
+        "forecast: also start no stage whose forecast cost would take spending past the budget."
     )
     suspend: bool = Field(False, description="Suspend running Jobs and start nothing.")
     queue_name: str | None = Field(None, description="Kueue LocalQueue; Jobs are created suspended for Kueue to admit.")
     cache: bool = Field(True, description="Skip stages whose output already matches their inputs (memoization).")
     service_account_name: str | None = Field(None, description="ServiceAccount of the stage pods.")
+    model_info: ModelInfo | None = Field(
+        None, description="The base model's shape for the forecast and the GPU memory check, when it is not "
+        "DeepSeek-R1-Distill-Qwen-14B and its config.json is not at hand.")
     stages: list[Stage] = Field(min_length=1)
 
     @property

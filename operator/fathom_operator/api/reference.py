@@ -9,14 +9,16 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from . import recipe
+from . import hints, recipe
 
 _SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("spec", recipe.RecipeSpec),
     ("spec.storage", recipe.Storage),
     ("spec.nodePools.<name>", recipe.NodePool),
     ("spec.images", recipe.Images),
+    ("spec.modelInfo", hints.ModelInfo),
     ("spec.stages[] (every stage)", recipe.StageCommon),
+    ("spec.stages[].estimate", hints.EstimateHints),
 ]
 
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 import typing
 from typing import Any, Literal
 
-from fathom_jobs.specs import Spec
 from pydantic import Field
+
+from fathom_jobs.specs import Spec
 
 RecipePhase = Literal["Pending", "Running", "Succeeded", "Failed", "Suspended"]
 StagePhase = Literal["Pending", "Waiting", "Running", "Succeeded", "Cached", "Failed", "Skipped", "Suspended"]
@@ -83,6 +84,27 @@ class CostTotals(Spec):
     display: str = Field("$0.00", description="The Cost printer column, e.g. $1854.50.")
 
 
+class StageForecastStatus(Spec):
+    gpu_hours: float = 0.0
+    usd: float = 0.0
+    wall_seconds: int = 0
+    basis: Literal["spent", "measured", "forecast"] = Field(
+        "forecast", description="spent: the stage finished (its cost); measured: forecast from measured inputs.")
+
+
+class ForecastStatus(Spec):
+    """What the whole recipe will cost: finished stages at their cost, the rest forecast (`fathom estimate`)."""
+
+    gpu_hours: float = 0.0
+    usd: float = 0.0
+    remaining_usd: float = Field(0.0, alias="remainingUSD", description="Forecast USD not yet spent.")
+    wall_seconds: int = Field(0, description="The DAG's critical path, from the start.")
+    display: str = Field("$0.00", description="The Forecast printer column.")
+    stages: dict[str, StageForecastStatus] = Field(default_factory=dict)
+    basis: list[str] = Field(default_factory=list, description="Assumptions and warnings, shortest first.")
+    fingerprint: str | None = Field(None, description="Of what the forecast was made from: recomputed when it changes.")
+
+
 class BenchmarkResult(Spec):
     pass_at_1: float = Field(alias="pass@1")
     cons_at_k: float | None = Field(None, alias="cons@k")
@@ -99,6 +121,7 @@ class RecipeStatus(Spec):
     conditions: list[Condition] = Field(default_factory=list)
     stages: dict[str, StageStatus] = Field(default_factory=dict)
     cost: CostTotals = Field(default_factory=CostTotals)
+    forecast: ForecastStatus | None = None
     results: dict[str, dict[str, BenchmarkResult]] = Field(
         default_factory=dict, description="results.<model>.<benchmark> from eval stages."
     )
