@@ -13,6 +13,7 @@ without running it. It needs no pyarrow, so the operator image can import it.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 from collections.abc import Callable
@@ -26,6 +27,7 @@ from .store import Manifest, Store, StoreError, fingerprint
 
 SHARDS_DIR = "shards"  # sharded stages write shards/<i>-of-<n>/, each with its own manifest
 SHARD_NAME = re.compile(r"^(\d+)-of-(\d+)$")
+log = logging.getLogger("fathom_jobs.memo")
 IMAGE_ENV = "FATHOM_IMAGE"  # set by render: the image is part of what decides an output
 
 Identity = Manifest | dict[str, Any]
@@ -91,6 +93,17 @@ def job_fingerprint(job: JobSpec, identities: list[Identity] | None = None) -> s
     """The fingerprint the operator expects on this Job's output (image from $FATHOM_IMAGE)."""
     found = job_identities(job) if identities is None else identities
     return stage_fingerprint(job.type, job.params, os.environ.get(IMAGE_ENV, ""), found)
+
+
+def job_output(job: JobSpec) -> tuple[Store, str, bool]:
+    """The Job's output store, the fingerprint its manifest must carry, and whether it already does
+    (then the Job has nothing to do)."""
+    store = store_for(job.output, job.storage)
+    fingerprint = job_fingerprint(job)
+    done = is_complete(store, fingerprint)
+    if done:
+        log.info("%s is complete for these inputs; nothing to do", store.uri)
+    return store, fingerprint, done
 
 
 def is_complete(store: Store, stage_fingerprint_: str) -> bool:

@@ -61,12 +61,10 @@ def run_training(job: JobSpec, params: TrainingParams, train: Callable[..., None
     re-launch under torchrun when the job spans GPUs, else train here; a worker's bad input becomes
     the pod's one-line message."""
     from . import launch
-    from .memo import is_complete, job_fingerprint
+    from .memo import job_output
 
-    store = store_for(job.output, job.storage)
-    fingerprint = job_fingerprint(job)
-    if is_complete(store, fingerprint):
-        log.info("%s is complete for these inputs", store.uri)
+    store, fingerprint, done = job_output(job)
+    if done:
         return
     if check is not None:
         check()

@@ -132,8 +132,6 @@ VLLM_BIG_GPU_MAX_NUM_SEQS = Cited(1024, "vLLM EngineArgs.get_batch_defaults: LLM
 VLLM_SMALL_GPU_MAX_NUM_SEQS = Cited(256, "vLLM EngineArgs.get_batch_defaults: LLM class on other GPUs")
 VLLM_BIG_GPU_BATCHED_TOKENS = Cited(16384, "vLLM EngineArgs.get_batch_defaults: LLM class on GPUs >= 70 GiB, not A100")
 VLLM_SMALL_GPU_BATCHED_TOKENS = Cited(8192, "vLLM EngineArgs.get_batch_defaults: LLM class on other GPUs")
-TRL_COLOCATE_UTILIZATION = Cited(0.3, "TRL 1.16 GRPOConfig.vllm_gpu_memory_utilization default")
-TRL_COLOCATE_TP = Cited(1, "TRL 1.16 GRPOConfig.vllm_tensor_parallel_size default")
 TRL_COLOCATE_BATCHED_TOKENS = Cited(4096, "TRL 1.16 VLLMGeneration: LLM(max_num_batched_tokens=4096) in colocate mode")
 
 

@@ -25,14 +25,6 @@ from tests.support.operator_harness import (
 pytestmark = [pytest.mark.kmock(cls=Cluster), pytest.mark.timeout(90)]
 
 
-@pytest.fixture
-def cluster(kmock):
-    from tests.support.operator_harness import setup_cluster
-
-    setup_cluster(kmock)
-    return kmock
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -7,47 +7,24 @@ from datetime import timedelta
 
 import pytest
 
-from fathom_operator.plan import Options
 from tests.support.operator_harness import (
     JOBS,
     RECIPES,
     T0,
-    Clock,
     Cluster,
     JobController,
     apply,
     events,
     live,
-    make_config,
     operator,
     patch_spec,
     small_recipe,
     stage_phase,
     status,
     until,
-    write_kubeconfig,
 )
 
 pytestmark = [pytest.mark.kmock(cls=Cluster), pytest.mark.asyncio, pytest.mark.timeout(60)]
-
-
-@pytest.fixture
-def cluster(kmock):
-    from tests.support.operator_harness import setup_cluster
-
-    setup_cluster(kmock)
-    return kmock
-
-
-@pytest.fixture
-def clock():
-    return Clock()
-
-
-@pytest.fixture
-def config(cluster, clock, tmp_path):
-    return make_config(write_kubeconfig(tmp_path / "kubeconfig", cluster.url), clock, tmp_path / "store",
-                       options=Options(backoff_seconds=60.0))
 
 
 def condition(cluster, kind: str, name: str = "r") -> dict:

@@ -6,21 +6,16 @@ import json
 
 import pytest
 
-from fathom_operator.plan import Options
 from tests.support.operator_harness import (
     T0,
-    Clock,
     Cluster,
     JobController,
     apply,
-    make_config,
     operator,
-    setup_cluster,
     small_recipe,
     stage_phase,
     status,
     until,
-    write_kubeconfig,
 )
 
 pytestmark = [pytest.mark.kmock(cls=Cluster), pytest.mark.asyncio, pytest.mark.timeout(60)]
@@ -28,23 +23,6 @@ pytestmark = [pytest.mark.kmock(cls=Cluster), pytest.mark.asyncio, pytest.mark.t
 # DeepSeek-R1-Distill-Qwen-14B's shape: small_recipe's hf://org/base is unknown to the forecast.
 QWEN_14B = {"layers": 48, "hiddenSize": 5120, "attentionHeads": 40, "kvHeads": 8, "vocabSize": 152064,
             "intermediateSize": 13824}
-
-
-@pytest.fixture
-def cluster(kmock):
-    setup_cluster(kmock)
-    return kmock
-
-
-@pytest.fixture
-def clock():
-    return Clock()
-
-
-@pytest.fixture
-def config(cluster, clock, tmp_path):
-    return make_config(write_kubeconfig(tmp_path / "kubeconfig", cluster.url), clock, tmp_path / "store",
-                       options=Options(backoff_seconds=60.0))
 
 
 def forecast(cluster) -> dict:

@@ -33,14 +33,6 @@ from tests.support.operator_harness import (
 pytestmark = [pytest.mark.kmock(cls=Cluster), pytest.mark.asyncio, pytest.mark.timeout(90)]
 
 
-@pytest.fixture
-def cluster(kmock):
-    from tests.support.operator_harness import setup_cluster
-
-    setup_cluster(kmock)
-    return kmock
-
-
 def status_patch_in(namespace: str) -> Callable[[Any], bool]:
     return lambda request: request.subresource == "status" and request.namespace == namespace
 

@@ -26,7 +26,6 @@ from tests.support.operator_harness import (
     operator,
     recipe,
     recipe_doc,
-    setup_cluster,
     status,
     until,
     write_kubeconfig,
@@ -76,12 +75,6 @@ EXPECTED_COST = {
     "curriculum-set": (0.0, 0.08), "shortest-set": (0.0, 0.08), "sft-curriculum": (48.0, 135.84),
     "sft-shortest": (128.0, 362.24), NAME: (0.0, 0.64), "eval": (128.0, 362.24),
 }
-
-
-@pytest.fixture
-def cluster(kmock):
-    setup_cluster(kmock)
-    return kmock
 
 
 def phase_of(cluster, stage: str) -> str | None:

@@ -28,14 +28,6 @@ pytestmark = [pytest.mark.kmock(cls=Cluster), pytest.mark.asyncio, pytest.mark.t
 NAMESPACES = [f"team-{i}" for i in range(5)]
 
 
-@pytest.fixture
-def cluster(kmock):
-    from tests.support.operator_harness import setup_cluster
-
-    setup_cluster(kmock)
-    return kmock
-
-
 async def test_fifty_recipes_in_five_namespaces_run_side_by_side(cluster, tmp_path):
     clock = Clock()
     config = make_config(write_kubeconfig(tmp_path / "kubeconfig", cluster.url), clock, tmp_path / "store",

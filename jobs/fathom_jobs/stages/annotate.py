@@ -23,8 +23,8 @@ from ..datasets import ANNOTATED, read_dataset, require_columns, require_unique_
 from ..engines import EngineError, Sampling, derive_seed, open_engine
 from ..engines.openai_api import EngineConfigError
 from ..errors import StageInputError
-from ..inputs import cache_root, fetch, store_for
-from ..memo import is_complete, job_fingerprint
+from ..inputs import cache_root, fetch
+from ..memo import job_output
 from ..parts import PartWriter, checkpoint_rows
 from ..specs import AnnotateParams, JobSpec
 from ..store import ProgressWriter, write_metrics
@@ -96,10 +96,8 @@ def run(job: JobSpec) -> None:
     template = params.prompt or DEFAULT_PROMPT
     if "{problem}" not in template:
         raise StageInputError("prompt must contain {problem}, where the problem text goes")
-    store = store_for(job.output, job.storage)
-    fingerprint = job_fingerprint(job)
-    if is_complete(store, fingerprint):
-        log.info("%s is complete for these inputs; nothing to do", store.uri)
+    store, fingerprint, done = job_output(job)
+    if done:
         return
     table = read_dataset(params.data, job.storage)
     require_columns(table, ("id", "problem", "answer"), params.data)

@@ -26,8 +26,7 @@ from typing import Any
 
 from ..datasets import CHAINS, PROMPTS, read_dataset, require_columns, write_dataset
 from ..errors import StageInputError
-from ..inputs import store_for
-from ..memo import is_complete, job_fingerprint
+from ..memo import job_output
 from ..specs import SEED_SYSTEM_PROMPT, CurateParams, DifficultyBand, JobSpec, SolveRateBand
 from ..store import write_metrics
 
@@ -114,10 +113,8 @@ def _stats(values: list[float]) -> dict[str, float] | None:
 
 def run(job: JobSpec) -> None:
     params = CurateParams.model_validate(job.params).effective()
-    store = store_for(job.output, job.storage)
-    fingerprint = job_fingerprint(job)
-    if is_complete(store, fingerprint):
-        log.info("%s is complete for these inputs; nothing to do", store.uri)
+    store, fingerprint, done = job_output(job)
+    if done:
         return
     table = read_dataset(params.data, job.storage)
     required = ["id", "problem", "answer", "solve_rate"] + (["samples"] if "chain" in params.keep else [])

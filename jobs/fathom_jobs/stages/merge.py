@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import StageInputError
-from ..inputs import cache_root, fetch, store_for
-from ..memo import is_complete, job_fingerprint
+from ..inputs import cache_root, fetch
+from ..memo import job_output
 from ..specs import JobSpec, MergeParams
 from ..store import write_metrics
 
@@ -212,12 +212,10 @@ def _row_reader(stack: contextlib.ExitStack):
 
 def run(job: JobSpec) -> None:
     params = MergeParams.model_validate(job.params)
-    store = store_for(job.output, job.storage)
-    uris = [m.model for m in params.models]
-    fingerprint = job_fingerprint(job)
-    if is_complete(store, fingerprint):
-        log.info("%s is complete for these inputs", store.uri)
+    store, fingerprint, done = job_output(job)
+    if done:
         return
+    uris = [m.model for m in params.models]
     started = time.monotonic()
     weights = normalized_weights(params)
     model_dirs = [fetch(uri, kind="model", storage=job.storage) for uri in uris]

@@ -21,8 +21,7 @@ from ..datasets import PROBLEMS, read_corpus_records, write_dataset
 from ..decontam import ContaminationIndex
 from ..dedup import exact_key, near_duplicates
 from ..errors import StageInputError
-from ..inputs import store_for
-from ..memo import is_complete, job_fingerprint
+from ..memo import job_output
 from ..specs import CorpusSource, JobSpec, PrepareParams, StorageOptions
 from ..store import ProgressWriter, write_metrics
 
@@ -160,10 +159,8 @@ def select(rows: list[dict[str, Any]], params: PrepareParams, index: Contaminati
 
 def run(job: JobSpec) -> None:
     params = PrepareParams.model_validate(job.params)
-    store = store_for(job.output, job.storage)
-    fingerprint = job_fingerprint(job)
-    if is_complete(store, fingerprint):
-        log.info("%s is complete for these inputs; nothing to do", store.uri)
+    store, fingerprint, done = job_output(job)
+    if done:
         return
     progress = ProgressWriter(store)
     total_steps = len(params.sources) + 2
