@@ -18,6 +18,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from .errors import StageInputError
+from .redact import redact
 from .registry import NAMES, stage_type
 from .specs import JobSpec
 
@@ -65,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
         module = importlib.import_module(f"fathom_jobs.stages.{stage_type(args.stage_type).module}")
         module.run(job)
     except StageInputError as exc:
-        print(f"fathom {args.stage_type}: {exc}", file=sys.stderr)
+        # The pod's termination message: never a credential (a judge URL with user:key@, an echoed key).
+        print(redact(f"fathom {args.stage_type}: {exc}"), file=sys.stderr)
         return EXIT_BAD_INPUT
     return 0
 

@@ -25,6 +25,7 @@ class Plan:
     events: list[Event] = field(default_factory=list)
     reads: list[Read] = field(default_factory=list)
     requeue_after: float | None = None
+    warnings: list[str] = field(default_factory=list)  # for the operator's log (once each), not the user
 
 
 def dump_status(status: RecipeStatus) -> dict[str, Any]:

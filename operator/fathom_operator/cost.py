@@ -11,10 +11,11 @@ Rounding: attempts are kept to 4 decimals, stages to the cent (USD, half up) and
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import MAX_EMAX, MIN_EMIN, ROUND_HALF_UP, Context, Decimal
 from typing import Any
 
 from .observe import Attempt
@@ -39,10 +40,17 @@ class Usage:
 ZERO = Usage()
 
 
+_WIDE = Context(prec=400, Emax=MAX_EMAX, Emin=MIN_EMIN)  # any finite float, to any places, exactly
+
+
 def rounded(value: float, places: int = 2) -> float:
-    """Half-up decimal rounding (2.675 -> 2.68, which float round() gets wrong)."""
+    """Half-up decimal rounding (2.675 -> 2.68, which float round() gets wrong). Never raises:
+    validation bounds prices and budgets, and even past them any finite float rounds (a non-finite
+    one is returned as it is)."""
+    if not math.isfinite(value):
+        return value
     quantum = Decimal(1).scaleb(-places)
-    return float(Decimal(repr(value)).quantize(quantum, rounding=ROUND_HALF_UP))
+    return float(Decimal(repr(value)).quantize(quantum, rounding=ROUND_HALF_UP, context=_WIDE))
 
 
 def usage(seconds: float, requests: Mapping[str, float], price: Price, replicas: int = 1) -> Usage:

@@ -73,42 +73,55 @@ def dependencies(spec: RecipeSpec) -> dict[str, list[str]]:
 
 
 def find_cycle(deps: dict[str, list[str]]) -> list[str] | None:
-    """A cycle as [a, b, ..., a], or None."""
+    """A cycle as [a, b, ..., a], or None. Iterative: a 10,000-stage chain needs no deep stack."""
     state: dict[str, int] = {}  # 1 = on the current path, 2 = done
-    path: list[str] = []
-
-    def visit(node: str) -> list[str] | None:
-        state[node] = 1
-        path.append(node)
-        for nxt in deps.get(node, []):
+    for root in deps:
+        if root in state:
+            continue
+        path: list[str] = [root]
+        cursors: list[int] = [0]
+        state[root] = 1
+        while path:
+            node, i = path[-1], cursors[-1]
+            nexts = deps.get(node, [])
+            if i >= len(nexts):
+                state[node] = 2
+                path.pop()
+                cursors.pop()
+                continue
+            cursors[-1] = i + 1
+            nxt = nexts[i]
             if state.get(nxt) == 1:
                 return path[path.index(nxt):] + [nxt]
-            if nxt not in state and (cycle := visit(nxt)):
-                return cycle
-        path.pop()
-        state[node] = 2
-        return None
-
-    for node in deps:
-        if node not in state and (cycle := visit(node)):
-            return cycle
+            if nxt not in state:
+                state[nxt] = 1
+                path.append(nxt)
+                cursors.append(0)
     return None
 
 
 def levels(deps: dict[str, list[str]]) -> list[list[str]]:
     """Stages grouped by depth: level 0 reads no stage, level n reads only from levels < n.
 
-    Within a level stages keep the recipe's order. Assumes no cycle (validated before).
+    Within a level stages keep the recipe's order. Assumes no cycle (validated before); iterative.
     """
+    known = {node: list(dict.fromkeys(d for d in reads if d in deps)) for node, reads in deps.items()}
+    readers: dict[str, list[str]] = {node: [] for node in deps}
+    for node, reads in known.items():
+        for d in reads:
+            readers[d].append(node)
+    remaining = {node: len(reads) for node, reads in known.items()}
+    ready = [node for node in deps if not remaining[node]]
     depth: dict[str, int] = {}
-
-    def depth_of(node: str) -> int:
-        if node not in depth:
-            depth[node] = 1 + max((depth_of(d) for d in deps[node]), default=-1)
-        return depth[node]
-
-    for node in deps:
-        depth_of(node)
+    while ready:  # Kahn's algorithm: a node's depth is known once every input's is
+        node = ready.pop()
+        depth[node] = 1 + max((depth[d] for d in known[node]), default=-1)
+        for reader in readers[node]:
+            remaining[reader] -= 1
+            if not remaining[reader]:
+                ready.append(reader)
+    if len(depth) < len(deps):
+        raise ValueError("levels() needs an acyclic graph")
     grouped: list[list[str]] = [[] for _ in range(max(depth.values(), default=-1) + 1)]
     for node in deps:
         grouped[depth[node]].append(node)
@@ -117,12 +130,15 @@ def levels(deps: dict[str, list[str]]) -> list[list[str]]:
 
 def downstream(deps: dict[str, list[str]], changed: set[str]) -> set[str]:
     """The changed stages and every stage that reads from them, transitively."""
+    readers: dict[str, list[str]] = {}
+    for node, reads in deps.items():
+        for d in reads:
+            readers.setdefault(d, []).append(node)
     result = set(changed)
-    grew = True
-    while grew:
-        grew = False
-        for node, reads in deps.items():
-            if node not in result and result.intersection(reads):
-                result.add(node)
-                grew = True
+    todo = list(changed)
+    while todo:
+        for reader in readers.get(todo.pop(), []):
+            if reader not in result:
+                result.add(reader)
+                todo.append(reader)
     return result

@@ -96,6 +96,17 @@ class Kube:
             raise
         return True
 
+    async def controller_uid(self, kind: str, namespace: str, name: str) -> str | None:
+        """The UID of the object's controlling owner ('' when it has none); None when it does not exist."""
+        fn = self._batch.read_namespaced_job if kind == "Job" else self._core.read_namespaced_service
+        try:
+            response = await self._call(fn, name, namespace)
+        except self._error as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return controller_of(json.loads(response.data))
+
     async def suspend_job(self, namespace: str, name: str, suspend: bool) -> None:
         await self._call(self._batch.patch_namespaced_job, name, namespace, {"spec": {"suspend": suspend}},
                          _content_type=MERGE_PATCH)
@@ -133,6 +144,15 @@ class Kube:
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._client.close()
+
+
+def controller_of(obj: Any) -> str:
+    """The UID of an object's controller (ownerReferences with controller: true), '' when none."""
+    meta = obj.get("metadata") if isinstance(obj, dict) else None
+    for ref in (meta or {}).get("ownerReferences") or []:
+        if isinstance(ref, dict) and ref.get("controller"):
+            return str(ref.get("uid") or "")
+    return ""
 
 
 def merge_patch(old: Any, new: Any) -> dict[str, Any] | None:

@@ -79,7 +79,7 @@ class LocalCluster:
             return  # headless Services mean nothing without a network; a second create is a 409
         name = obj["metadata"]["name"]
         container = obj["spec"]["template"]["spec"]["containers"][0]
-        env = {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
+        env = expand_env(container.get("env", []))
         env.pop("HF_HOME", None)  # /scratch exists only in the pod
         command = [sys.executable if c == "python" else c for c in container["command"]]
         completions = int(obj["spec"].get("completions") or 1)
@@ -205,6 +205,40 @@ class LocalCluster:
                     status["containerStatuses"] = [{"name": "stage", "state": {"terminated": terminated}}]
                 bodies.append({"metadata": {"name": pod.name, "labels": labels}, "spec": spec, "status": status})
         return bodies
+
+
+def expand_env(entries: list[dict[str, Any]], context: dict[str, str] | None = None) -> dict[str, str]:
+    """A container's literal env values as the kubelet hands them to the process: each value has
+    `$(VAR)` replaced by an earlier variable (or `context`) and `$$` turned into `$` (render escapes
+    every `$`, so the process sees the text the operator wrote)."""
+    known = dict(context or {})
+    result: dict[str, str] = {}
+    for entry in entries:
+        if "value" not in entry:
+            continue
+        value = _expand(str(entry["value"]), known)
+        known[entry["name"]] = result[entry["name"]] = value
+    return result
+
+
+def _expand(text: str, known: dict[str, str]) -> str:
+    out: list[str] = []
+    i = 0
+    while i < len(text):
+        if text[i] != "$" or i + 1 >= len(text):
+            out.append(text[i])
+            i += 1
+        elif text[i + 1] == "$":
+            out.append("$")
+            i += 2
+        elif text[i + 1] == "(" and (close := text.find(")", i + 2)) != -1:
+            name = text[i + 2:close]
+            out.append(known.get(name, f"$({name})"))
+            i = close + 1
+        else:
+            out.append(text[i:i + 2])
+            i += 2
+    return "".join(out)
 
 
 def _tail(path: Path) -> str:

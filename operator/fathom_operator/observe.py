@@ -13,6 +13,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from fathom_jobs.redact import redact
+
+from .api.recipe import GROUP, KIND
 from .render import KUEUE_QUEUE_LABEL, LABEL_ATTEMPT, LABEL_RECIPE, LABEL_STAGE
 
 ANNOTATION_FINGERPRINT = "fathom.dev/fingerprint"
@@ -88,6 +91,7 @@ class JobObs:
     reason: str | None
     message: str | None
     deleting: bool
+    owner_uid: str | None = None  # the FathomRecipe that controls it (ownerReferences), if any
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +108,7 @@ class PodObs:
     message: str | None  # the failed container's reason, exit code and termination message
     deleting: bool
     waiting: str | None = None  # why a pod has not started: unschedulable, image pull back-off, ...
+    job: str | None = None  # its Job's name (label batch.kubernetes.io/job-name or job-name, or its owner)
 
 
 def _waiting(status: dict[str, Any]) -> str | None:
@@ -117,13 +122,54 @@ def _waiting(status: dict[str, Any]) -> str | None:
     return None
 
 
-def observe_job(body: Mapping[str, Any]) -> JobObs | None:
-    """A Job the operator created, or None for anything without our labels."""
-    meta = body.get("metadata") or {}
+def _owner(meta: Mapping[str, Any], kind: str, group: str | None = None) -> dict[str, Any] | None:
+    for ref in meta.get("ownerReferences") or []:
+        if not isinstance(ref, Mapping) or ref.get("kind") != kind:
+            continue
+        if group is None or str(ref.get("apiVersion") or "").split("/")[0] == group:
+            return dict(ref)
+    return None
+
+
+def _text(value: Any, limit: int = MESSAGE_LIMIT) -> str | None:
+    """A message from the cluster as the user may see it: a string, credentials redacted, bounded."""
+    if value is None:
+        return None
+    return redact(str(value)[-4 * limit:])[-limit:]
+
+
+def _labels(meta: Mapping[str, Any]) -> dict[str, str] | None:
     labels = meta.get("labels") or {}
+    if not isinstance(labels, Mapping):
+        return None
+    return {str(k): str(v) for k, v in labels.items()}
+
+
+def _ours(body: Mapping[str, Any]) -> tuple[Mapping[str, Any], dict[str, str], int] | None:
+    """(metadata, labels, attempt) of an object carrying the operator's labels, else None."""
+    meta = body.get("metadata") or {}
+    labels = _labels(meta)
+    if labels is None:
+        return None
     attempt = _attempt_number(labels)
     if LABEL_RECIPE not in labels or LABEL_STAGE not in labels or attempt is None:
         return None
+    return meta, labels, attempt
+
+
+def observe_job(body: Mapping[str, Any]) -> JobObs | None:
+    """A Job the operator created, or None for anything without our labels (or not shaped like a Job)."""
+    try:
+        return _observe_job(body)
+    except (AttributeError, TypeError, ValueError, KeyError):
+        return None
+
+
+def _observe_job(body: Mapping[str, Any]) -> JobObs | None:
+    found = _ours(body)
+    if found is None:
+        return None
+    meta, labels, attempt = found
     spec = body.get("spec") or {}
     status = body.get("status") or {}
     conditions = {c.get("type"): c for c in status.get("conditions") or [] if c.get("status") == "True"}
@@ -138,8 +184,9 @@ def observe_job(body: Mapping[str, Any]) -> JobObs | None:
         outcome = "failed"
         failed = conditions.get("Failed") or conditions["FailureTarget"]
         end = parse_time(failed.get("lastTransitionTime")) or parse_time(status.get("completionTime"))
-        reason, message = failed.get("reason"), failed.get("message")
+        reason, message = failed.get("reason"), _text(failed.get("message"))
     template = (spec.get("template") or {}).get("spec") or {}
+    owner = _owner(meta, KIND, GROUP)
     return JobObs(
         name=meta.get("name", ""),
         recipe=labels[LABEL_RECIPE],
@@ -156,6 +203,7 @@ def observe_job(body: Mapping[str, Any]) -> JobObs | None:
         reason=reason,
         message=message,
         deleting=bool(meta.get("deletionTimestamp")),
+        owner_uid=str(owner["uid"]) if owner and owner.get("uid") else None,
     )
 
 
@@ -178,11 +226,18 @@ def _termination(status: dict[str, Any]) -> tuple[datetime | None, str | None]:
 
 
 def observe_pod(body: Mapping[str, Any]) -> PodObs | None:
-    meta = body.get("metadata") or {}
-    labels = meta.get("labels") or {}
-    attempt = _attempt_number(labels)
-    if LABEL_RECIPE not in labels or LABEL_STAGE not in labels or attempt is None:
+    """A Pod of the operator's Jobs, or None (as observe_job)."""
+    try:
+        return _observe_pod(body)
+    except (AttributeError, TypeError, ValueError, KeyError):
         return None
+
+
+def _observe_pod(body: Mapping[str, Any]) -> PodObs | None:
+    found = _ours(body)
+    if found is None:
+        return None
+    meta, labels, attempt = found
     status = body.get("status") or {}
     phase = status.get("phase") or "Pending"
     end, message = _termination(status)
@@ -209,9 +264,11 @@ def observe_pod(body: Mapping[str, Any]) -> PodObs | None:
         end=end if phase in ("Failed", "Succeeded") or disruption else None,
         requests=_requests(body.get("spec") or {}),
         disruption=disruption,
-        message=message[-MESSAGE_LIMIT:] if message else None,
+        message=_text(message) if message else None,
         deleting=bool(meta.get("deletionTimestamp")),
-        waiting=_waiting(status) if phase == "Pending" else None,
+        waiting=_text(_waiting(status)) if phase == "Pending" else None,
+        job=labels.get("batch.kubernetes.io/job-name") or labels.get("job-name")
+        or ((_owner(meta, "Job") or {}).get("name")),
     )
 
 
@@ -260,10 +317,15 @@ def attempt(job: JobObs, pods: list[PodObs] | tuple[PodObs, ...]) -> Attempt:
 
 def attempts(jobs: list[JobObs], pods: list[PodObs]) -> dict[str, list[Attempt]]:
     """Stage name -> its observed attempts, oldest first."""
+    by_job: dict[str, list[PodObs]] = {}
     by_attempt: dict[tuple[str, int], list[PodObs]] = {}
     for pod in pods:
-        by_attempt.setdefault((pod.stage, pod.attempt), []).append(pod)
+        if pod.job:
+            by_job.setdefault(pod.job, []).append(pod)
+        else:
+            by_attempt.setdefault((pod.stage, pod.attempt), []).append(pod)
     result: dict[str, list[Attempt]] = {}
     for job in sorted(jobs, key=lambda j: (j.stage, j.attempt)):
-        result.setdefault(job.stage, []).append(attempt(job, by_attempt.get((job.stage, job.attempt), [])))
+        mine = by_job.get(job.name, []) + by_attempt.get((job.stage, job.attempt), [])
+        result.setdefault(job.stage, []).append(attempt(job, mine))
     return result

@@ -8,12 +8,16 @@ that stale). A reconcile:
 1. reads the Jobs and Pods of the recipe from kopf's indexes (filled before any worker starts, so a
    restarted operator sees everything it created before it decides anything);
 2. calls `plan.plan()`, answering its store questions on a thread and planning again;
-3. creates Jobs and Services (409 = already there), suspends, resumes, deletes;
+3. creates Jobs and Services (409 = already there: fine when this recipe controls it, an error on
+   the stage when another object does - it is never adopted), suspends, resumes, deletes;
 4. patches the status with the difference only, and only if there is one;
 5. posts the plan's events.
 
 The status the worker last wrote is remembered: it is the only writer of the status, so it never
-re-derives anything from a status echo that has not arrived yet.
+re-derives anything from a status echo that has not arrived yet. Nothing one recipe does can stop
+another's loop: a failed reconcile is logged, counted, reported on that recipe as a Warning event
+(once per distinct error) and tried again on the next tick. Store reads are bounded in time; a
+failed one is a stage message and a Warning event.
 """
 
 from __future__ import annotations
@@ -29,12 +33,17 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from fathom_jobs.redact import redact
+
 from . import plan as planning
 from .api.status import RecipeStatus
 from .kube import Gone, Kube, api_message, load_configuration, merge_patch
 from .metrics import OperatorMetrics
 from .observe import JobObs, PodObs
+from .policy import policy_from_defaults
 from .store_reader import Fact, Opener, StoreReader
+
+WARNED_LIMIT = 256  # distinct warnings remembered per recipe (then forgotten, so memory stays flat)
 
 OWN_STATUS_KEYS = frozenset(f.alias or n for n, f in RecipeStatus.model_fields.items())
 
@@ -54,6 +63,8 @@ class OperatorConfig:
     store_opener: Opener | None = None
     api_threads: int = 8
     store_threads: int = 4
+    store_read_seconds: float = 60.0  # one batch of store reads; past it they count as failed
+    conflict_seconds: float = 120.0  # a name taken by another object is tried again this much later
     metrics: OperatorMetrics | None = None
     finalizer: str = "fathom.dev/operator"
 
@@ -65,12 +76,28 @@ class OperatorConfig:
 
 
 def plain(value: Any) -> Any:
-    """kopf's body views -> plain dicts and lists (for hashing, pydantic and JSON)."""
-    if isinstance(value, Mapping):
-        return {k: plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [plain(v) for v in value]
-    return value
+    """kopf's body views -> plain dicts and lists (for hashing, pydantic and JSON). Iterative: no
+    nesting a client sends can exhaust the stack."""
+    if not isinstance(value, (Mapping, list, tuple)):
+        return value
+    root: Any = {} if isinstance(value, Mapping) else []
+    stack: list[tuple[Any, Any]] = [(value, root)]
+    while stack:
+        source, target = stack.pop()
+        items = source.items() if isinstance(source, Mapping) else enumerate(source)
+        for key, item in items:
+            copied: Any = item
+            if isinstance(item, Mapping):
+                copied = {}
+                stack.append((item, copied))
+            elif isinstance(item, (list, tuple)):
+                copied = []
+                stack.append((item, copied))
+            if isinstance(target, dict):
+                target[key] = copied
+            else:
+                target.append(copied)
+    return root
 
 
 @dataclass
@@ -81,6 +108,16 @@ class Worker:
     parsed: Any = None
     status: dict[str, Any] | None = None
     warned: set[str] = field(default_factory=set)
+    conflicts: dict[str, tuple[str, float]] = field(default_factory=dict)  # name -> (why, when seen)
+
+    def first_time(self, message: str) -> bool:
+        """True once per distinct message (the set is forgotten when it grows past WARNED_LIMIT)."""
+        if message in self.warned:
+            return False
+        if len(self.warned) >= WARNED_LIMIT:
+            self.warned.clear()
+        self.warned.add(message)
+        return True
 
 
 class Runtime:
@@ -89,7 +126,10 @@ class Runtime:
     def __init__(self, config: OperatorConfig, kube: Kube | None = None) -> None:
         self.config = config
         self.kube = kube or Kube(load_configuration(config.kubeconfig), config.api_threads)
-        self.reader = StoreReader(config.store_opener)
+        policy = policy_from_defaults(config.defaults)
+        # Defence in depth: even a read the planner asked for never reaches an endpoint the admin did not allow.
+        self.reader = StoreReader(config.store_opener,
+                                  allowed_endpoints=policy.storage_endpoints if policy is not None else None)
         self.store_pool = ThreadPoolExecutor(config.store_threads, thread_name_prefix="store")
         self.metrics = config.metrics or OperatorMetrics()
         self.workers: dict[tuple[str, str], Worker] = {}
@@ -129,9 +169,13 @@ class Runtime:
                                                    _values(jobs, (namespace, name)), _values(pods, (namespace, name)))
                 except Gone:
                     break
-                except Exception as exc:  # one bad reconcile must not end the loop
+                except Exception as exc:  # one bad reconcile must not end the loop, nor any other recipe's
                     self.metrics.reconcile_errors.labels(namespace).inc()
-                    logger.exception("reconcile failed: %s", api_message(exc))
+                    message = redact(f"reconcile failed: {type(exc).__name__}: {api_message(exc)}")[:1000]
+                    if worker.first_time(message):
+                        logger.exception("%s", message)
+                        self.report(body, planning.Event("Warning", "ReconcileFailed",
+                                                         f"{message}; retrying every {self.config.resync_seconds:g}s"))
                 finally:
                     self.metrics.reconcile_seconds.observe(time.monotonic() - began)
                 timeout = self.config.resync_seconds if requeue is None else min(self.config.resync_seconds, requeue + 0.01)
@@ -152,24 +196,40 @@ class Runtime:
                         jobs: list[JobObs], pods: list[PodObs]) -> float | None:
         spec = plain(body.get("spec"))
         key = _spec_key(spec)
+        meta = body.get("metadata") or {}
+        uid = meta.get("uid")
         if worker.spec_key != key:
             worker.spec_key, worker.parsed = key, planning.parse(name, namespace, spec, self.config.defaults)
         current = worker.status if worker.status is not None else plain(body.get("status") or {})
-        meta = body.get("metadata") or {}
         now = self.config.clock()
-        result = None
-        for _ in range(3):  # plan, answer its store questions, plan again
-            result = planning.plan(planning.Inputs(
-                name=name, namespace=namespace, uid=meta.get("uid"), generation=meta.get("generation"),
+
+        def make_plan() -> planning.Plan:
+            return planning.plan(planning.Inputs(
+                name=name, namespace=namespace, uid=uid, generation=meta.get("generation"),
                 parsed=worker.parsed, status=current, jobs=jobs, pods=pods, facts=worker.facts, now=now,
-                options=self.config.options))
+                options=self.config.options, conflicts=self.conflicts(worker)))
+
+        result = make_plan()
+        for _ in range(2):  # answer its store questions, plan again
             if not result.reads:
                 break
-            await self.answer(worker, result.reads, now)
-        assert result is not None
-        if not await self.apply(worker, body, namespace, result):
+            await self.answer(worker, body, result.reads, now)
+            result = make_plan()
+        for warning in result.warnings:
+            if worker.first_time(warning):
+                self.log.warning("%s/%s: %s", namespace, name, warning)
+        known = set(worker.conflicts)
+        if not await self.apply(worker, body, namespace, uid, result):
             return self.config.options.backoff_seconds
+        if set(worker.conflicts) - known:  # a name turned out to be another object's: say so, not "created"
+            result = make_plan()
+        if not isinstance(current, dict):
+            current = {}
         mine = {k: v for k, v in current.items() if k in OWN_STATUS_KEYS}
+        if clearing := clearing_patch(mine, result.status):
+            # Garbage where a mapping belongs: null it first, so no server has to merge into a scalar.
+            await self.kube.patch_status(namespace, name, clearing)
+            mine = _without(mine, clearing)
         patch = merge_patch(mine, result.status)
         if patch:
             await self.kube.patch_status(namespace, name, patch)
@@ -179,22 +239,57 @@ class Runtime:
         self.metrics.recipes.record(namespace, name, result.status)
         return result.requeue_after
 
-    async def answer(self, worker: Worker, reads: Iterable[planning.Read], now: datetime) -> None:
+    def conflicts(self, worker: Worker) -> dict[str, str]:
+        """Names known to belong to other objects, until it is time to try them again."""
+        now = time.monotonic()
+        for name, (_, seen) in list(worker.conflicts.items()):
+            if now - seen >= self.config.conflict_seconds:
+                del worker.conflicts[name]
+        return {name: why for name, (why, _) in worker.conflicts.items()}
+
+    async def answer(self, worker: Worker, body: Any, reads: Iterable[planning.Read], now: datetime) -> None:
+        """Answer the plan's store questions on the store threads, all of them within store_read_seconds."""
         loop = asyncio.get_running_loop()
         reads = list(reads)
-        facts = await asyncio.gather(*(loop.run_in_executor(self.store_pool, self.reader.read, r, now) for r in reads))
-        for read, found in zip(reads, facts, strict=True):
-            if found.error and found.error not in worker.warned:
-                worker.warned.add(found.error)
-                self.log.warning("store read %s of %s failed: %s", read.kind, read.stage, found.error)
+        futures = [loop.run_in_executor(self.store_pool, self.reader.read, r, now) for r in reads]
+        done, pending = await asyncio.wait(futures, timeout=self.config.store_read_seconds)
+        for future in pending:
+            future.cancel()  # a read still queued does not start; one in flight ends with its client timeouts
+        for read, future in zip(reads, futures, strict=True):
+            if future in done and not future.cancelled() and future.exception() is None:
+                found: Fact = future.result()
+            else:
+                found = Fact(read.key, None, now, f"timed out after {self.config.store_read_seconds:g}s")
+            if found.error:
+                found = Fact(found.key, found.value, found.at, redact(found.error)[:500])
+                message = f"store read {read.kind} of {read.stage} failed: {found.error}"
+                if worker.first_time(message):
+                    self.log.warning("%s", message)
+                    self.report(body, planning.Event("Warning", "StoreReadFailed", f"{read.stage}: {message}"))
             worker.facts[(read.kind, read.stage)] = found
 
-    async def apply(self, worker: Worker, body: Any, namespace: str, result: planning.Plan) -> bool:
-        """Create, suspend, resume, delete. False (and a warning event) if the API refused something."""
+    async def apply(self, worker: Worker, body: Any, namespace: str, uid: str | None, result: planning.Plan) -> bool:
+        """Create, suspend, resume, delete. False (and a warning event) if the API refused something.
+
+        A create answered 409 is fine only when this recipe controls the object (a restarted
+        operator, a lost watch event); otherwise the name is recorded as a conflict, which the next
+        plan reports on the stage, and nothing else of that attempt is created."""
         try:
             for objects in result.create:
                 for obj in objects:
-                    await self.kube.create(obj)
+                    if await self.kube.create(obj) or uid is None:
+                        continue
+                    kind, name = obj["kind"], obj["metadata"]["name"]
+                    owner = await self.kube.controller_uid(kind, namespace, name)
+                    if owner is None or owner == uid:
+                        continue  # gone again, or ours: as good as created
+                    why = (f"{kind} {name} already exists and belongs to another object "
+                           f"({'controller uid ' + owner if owner else 'no owner'}); it is not adopted - "
+                           "delete it, or rename the recipe or stage")
+                    worker.conflicts[name] = (why, time.monotonic())
+                    if worker.first_time(why):
+                        self.report(body, planning.Event("Warning", "NameConflict", why))
+                    break
             for job, suspend in result.suspend:
                 await self.kube.suspend_job(namespace, job, suspend)
             for kind, name in result.delete:
@@ -204,8 +299,7 @@ class Runtime:
             if status is None or status >= 500 or status == 429:
                 raise  # transient: the loop logs it and tries again
             message = f"the API refused a change: {api_message(exc)}"
-            if message not in worker.warned:
-                worker.warned.add(message)
+            if worker.first_time(message):
                 self.post(body, planning.Event("Warning", "ApplyFailed", message[:1000]))
             return False
         return True
@@ -213,11 +307,47 @@ class Runtime:
     def post(self, body: Any, event: planning.Event) -> None:
         import kopf
 
-        kopf.event(body, type=event.type, reason=event.reason, message=event.message)
+        kopf.event(body, type=event.type, reason=event.reason, message=redact(event.message)[:1000])
+
+    def report(self, body: Any, event: planning.Event) -> None:
+        """post(), for reports from inside error handling: a failure to post is only logged."""
+        try:
+            self.post(body, event)
+        except Exception as exc:  # noqa: BLE001 - the event is best effort
+            self.log.warning("could not post event %s: %s", event.reason, exc)
+
+
+def clearing_patch(old: Any, new: Any, depth: int = 0) -> dict[str, Any] | None:
+    """A merge patch nulling every value of `old` that `new` replaces with a mapping while it is not
+    one itself (RFC 7386 allows merging a mapping into a scalar; not every server does)."""
+    if not isinstance(old, dict) or not isinstance(new, dict) or depth > 32:
+        return None
+    patch: dict[str, Any] = {}
+    for key, value in new.items():
+        if key not in old or not isinstance(value, dict):
+            continue
+        if not isinstance(old[key], dict):
+            patch[key] = None
+        elif inner := clearing_patch(old[key], value, depth + 1):
+            patch[key] = inner
+    return patch or None
+
+
+def _without(old: dict[str, Any], clearing: dict[str, Any]) -> dict[str, Any]:
+    result = dict(old)
+    for key, value in clearing.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = _without(result[key], value)
+    return result
 
 
 def _spec_key(spec: Any) -> str:
-    return json.dumps(spec, sort_keys=True, separators=(",", ":"))
+    try:
+        return json.dumps(spec, sort_keys=True, separators=(",", ":"))
+    except (TypeError, ValueError, RecursionError):
+        return f"unhashable:{id(spec)}"  # parsed again next time; validation says what is wrong
 
 
 def _values(index: Any, key: tuple[str, str]) -> list[Any]:

@@ -20,6 +20,8 @@ import argparse
 from collections.abc import Mapping
 from typing import Any
 
+from fathom_jobs.redact import redact
+
 from .api.status import BenchmarkResult, RecipeStatus
 
 STATUS_FIELDS = ("pass@1", "cons@k", "k", "meanTokens", "samples")
@@ -238,7 +240,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         lines = str(exc).strip().splitlines()
         reason = getattr(exc, "reason", None) or (lines[0] if lines else type(exc).__name__)
         where = args.store or f"fathomrecipe {args.namespace + '/' if args.namespace else ''}{args.name}"
-        print(f"fathom report: {where}: {reason}", file=sys.stderr)
+        print(redact(f"fathom report: {where}: {reason}"), file=sys.stderr)
         return 1
-    sys.stdout.write(text)
+    sys.stdout.write(redact(text))  # the store and the status are written by Jobs: nothing credential-like shown
     return 0

@@ -69,12 +69,14 @@ def current_namespace(kubeconfig: str | None) -> str:
 
 def cmd_operator(args: argparse.Namespace) -> int:
     from .hardware import parse_calibration
+    from .policy import policy_from_defaults
     from .validate import read_defaults
 
     try:
         defaults = read_defaults(args.defaults)
         if defaults and defaults.get("calibration"):  # a bad calibration stops the operator, not each recipe
             parse_calibration(defaults["calibration"], "defaults.calibration")
+        policy_from_defaults(defaults)  # so does a malformed policy
     except ValueError as exc:
         return _fail(str(exc))
     _configuration(args.kubeconfig)  # fail fast, and clearly, without credentials

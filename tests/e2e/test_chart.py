@@ -97,3 +97,32 @@ def test_install_yaml_is_the_chart_rendered_with_defaults():
 
     committed = (ROOT / "manifests" / "install.yaml").read_text()
     assert committed == install_yaml(), "manifests/install.yaml drifted from the chart: run `make manifests`"
+
+
+def test_the_admin_policy_reaches_the_operator_and_the_examples_pass_the_default_one():
+    from fathom_operator.policy import policy_from_defaults
+    from fathom_operator.validate import RecipeInvalid, validate_document
+    from tests.support.helpers import example
+
+    defaults = yaml.safe_load(next(o for o in render({}) if o["kind"] == "ConfigMap")["data"]["defaults.json"])
+    policy = policy_from_defaults(defaults)
+    assert policy is not None and policy.storage_endpoints == frozenset() and policy.service_accounts == {"default"}
+    assert not policy.tolerations and not policy.affinity and policy.toleration_keys == {"nvidia.com/gpu"}
+    for path in sorted((ROOT / "manifests" / "examples").glob("*.yaml")):  # the README's quickstart works
+        validate_document(yaml.safe_load(path.read_text()), defaults)
+    doc = example("fathom-r1-14b.yaml")
+    doc["spec"]["serviceAccountName"] = "cluster-admin"
+    with pytest.raises(RecipeInvalid, match="spec.serviceAccountName"):
+        validate_document(doc, defaults)
+    all_on = yaml.safe_load(next(o for o in render(ALL_ON) if o["kind"] == "ConfigMap")["data"]["defaults.json"])
+    strict = policy_from_defaults(all_on)
+    assert strict is not None and "https://s3.team-b.example" in strict.storage_endpoints
+    assert strict.service_accounts == {"fathom-jobs", "fathom-jobs-gpu"} and strict.secret_prefix == "fathom-"
+
+
+def test_the_operator_pod_meets_pod_security_restricted():
+    from tests.support.pod_security import restricted_violations
+
+    for values in ({}, ALL_ON):
+        deployment = next(o for o in render(values) if o["kind"] == "Deployment")
+        assert restricted_violations(deployment["spec"]["template"]["spec"]) == []

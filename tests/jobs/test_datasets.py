@@ -49,7 +49,8 @@ def test_fetch_verifies_store_outputs_and_uses_plain_directories_in_place(tmp_pa
     assert local != model and (local / "config.json").read_text() == "{}"
     (tmp_path / "store" / "sft" / "config.json").write_text('{"tampered": 1}')
     assert fetch(output) == local  # the verified copy is reused while the manifest is unchanged
-    with pytest.raises(StageInputError, match="does not match _MANIFEST.json"):
+    # A tampered file is refused before it is read past the size its manifest claims.
+    with pytest.raises(StageInputError, match="is 15 bytes, but _MANIFEST.json says 2: not downloaded"):
         fetch(output, cache_dir=tmp_path / "fresh-cache")
     with pytest.raises(StageInputError, match="does not exist"):
         fetch(file_uri(tmp_path / "missing"))

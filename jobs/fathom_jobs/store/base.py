@@ -7,16 +7,18 @@ import logging
 import os
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from .errors import IntegrityError, NotFoundError, StoreError
 from .keys import clean_key, join_key
-from .manifest import MANIFEST_NAME, FileEntry, Manifest, hash_file
-from .transfer import FileProgress, ProgressCallback, ProgressTracker, run_parallel
+from .manifest import MANIFEST_NAME, MAX_JSON_DEPTH, FileEntry, Manifest, hash_file, load_json
+from .transfer import FileProgress, ProgressCallback, ProgressTracker, TransferAborted, run_parallel
 
 log = logging.getLogger("fathom_jobs.store")
 
 PathLike = str | os.PathLike[str]
+MiB = 1024 * 1024
+StoreT = TypeVar("StoreT", bound="Store")
 
 
 class Store(ABC):
@@ -28,6 +30,28 @@ class Store(ABC):
 
     #: how many files move at once in upload_dir/download_dir
     parallel_files: int = 4
+    #: read_json / read_manifest read at most this much and this deep (bigger or deeper: StoreError)
+    max_json_bytes: int = 64 * MiB
+    max_manifest_bytes: int = 64 * MiB
+    max_json_depth: int = MAX_JSON_DEPTH
+
+    def limit(self: StoreT, *, json_bytes: int | None = None, manifest_bytes: int | None = None,
+              depth: int | None = None) -> StoreT:
+        """Tighter read bounds for this store and its children (the operator reads with small ones)."""
+        if json_bytes is not None:
+            self.max_json_bytes = json_bytes
+        if manifest_bytes is not None:
+            self.max_manifest_bytes = manifest_bytes
+        if depth is not None:
+            self.max_json_depth = depth
+        return self
+
+    def _inherit(self, child: StoreT) -> StoreT:
+        """A child keeps its parent's read bounds (backends call this from child())."""
+        for name in ("max_json_bytes", "max_manifest_bytes", "max_json_depth"):
+            if name in self.__dict__:
+                setattr(child, name, self.__dict__[name])
+        return child
 
     @property
     @abstractmethod
@@ -42,6 +66,14 @@ class Store(ABC):
 
     @abstractmethod
     def _read(self, key: str) -> bytes: ...
+
+    def _read_limited(self, key: str, max_bytes: int) -> bytes:
+        """At most max_bytes of one object, else StoreError. Backends override this so the bound
+        holds in memory too; this fallback reads the whole object first."""
+        data = self._read(key)
+        if len(data) > max_bytes:
+            raise too_large(self.uri_of(key), len(data), max_bytes)
+        return data
 
     @abstractmethod
     def _write(self, key: str, data: bytes) -> None: ...
@@ -81,20 +113,19 @@ class Store(ABC):
     def exists(self, rel: str) -> bool:
         return self._exists(clean_key(rel, allow_empty=False))
 
-    def read_bytes(self, rel: str) -> bytes:
-        return self._read(clean_key(rel, allow_empty=False))
+    def read_bytes(self, rel: str, *, max_bytes: int | None = None) -> bytes:
+        key = clean_key(rel, allow_empty=False)
+        return self._read(key) if max_bytes is None else self._read_limited(key, max_bytes)
 
     def write_bytes(self, rel: str, data: bytes) -> None:
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(f"write_bytes expects bytes, got {type(data).__name__}")
         self._write(clean_key(rel, allow_empty=False), bytes(data))
 
-    def read_json(self, rel: str) -> Any:
-        data = self.read_bytes(rel)
-        try:
-            return json.loads(data)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise StoreError(f"{self.uri_of(rel)} is not valid JSON: {exc}") from None
+    def read_json(self, rel: str, *, max_bytes: int | None = None, max_depth: int | None = None) -> Any:
+        """A JSON document, bounded in size and nesting (StoreError past either bound)."""
+        data = self.read_bytes(rel, max_bytes=max_bytes or self.max_json_bytes)
+        return load_json(data, source=self.uri_of(rel), max_depth=max_depth or self.max_json_depth)
 
     def write_json(self, rel: str, value: Any) -> None:
         try:
@@ -106,6 +137,10 @@ class Store(ABC):
     def list(self, rel: str = "") -> list[str]:
         """Every key under `rel` (a directory-like prefix), relative to this store, sorted."""
         return sorted(self._list(clean_key(rel)))
+
+    def delete(self, rel: str) -> None:
+        """Delete one object; a missing one is not an error."""
+        self._delete(clean_key(rel, allow_empty=False))
 
     def delete_prefix(self, rel: str) -> None:
         """Delete every key under `rel`/ (whole path segments: "step-1" never hits "step-10")."""
@@ -128,11 +163,12 @@ class Store(ABC):
 
     # -- directories with manifests -----------------------------------------------------------
 
-    def read_manifest(self, rel: str = "") -> Manifest | None:
-        """The committed manifest under `rel`, or None when the output is absent or unfinished."""
+    def read_manifest(self, rel: str = "", *, max_bytes: int | None = None) -> Manifest | None:
+        """The committed manifest under `rel`, or None when the output is absent or unfinished.
+        A manifest over max_bytes (default max_manifest_bytes) or malformed is a StoreError."""
         key = join_key(clean_key(rel), MANIFEST_NAME)
         try:
-            data = self._read(key)
+            data = self._read_limited(key, max_bytes or self.max_manifest_bytes)
         except NotFoundError:
             return None
         return Manifest.from_json(data, source=self.uri_of(key))
@@ -180,7 +216,10 @@ class Store(ABC):
         """Download a committed output and verify every file's size and sha256.
 
         A file that does not match is downloaded once more (a transfer can be corrupted); if it
-        still does not match, IntegrityError names it and the bad local copy is removed.
+        still does not match, IntegrityError names it and the bad local copy is removed. A stored
+        object whose size differs from the manifest's is not downloaded at all, and a download
+        that runs past the size the manifest claims is stopped there: a lying store costs at most
+        the claimed bytes (plus one chunk), once.
         """
         prefix = clean_key(rel)
         manifest = self.read_manifest(prefix)
@@ -197,9 +236,21 @@ class Store(ABC):
             target = root / path
             target.parent.mkdir(parents=True, exist_ok=True)
             expected = manifest.files[path]
+            stored = self._size(key)
+            if stored != expected.size:
+                raise IntegrityError(f"{self.uri_of(key)} is {stored} bytes, but {MANIFEST_NAME} says "
+                                     f"{expected.size}: not downloaded")
+            file_progress.limit = expected.size
             for attempt in (1, 2):
                 file_progress.restart()
-                self._get_file(key, target, file_progress)
+                try:
+                    self._get_file(key, target, file_progress)
+                except TransferAborted:
+                    if not file_progress.overflowed:
+                        raise
+                    target.unlink(missing_ok=True)
+                    raise IntegrityError(f"{self.uri_of(key)} ran past the {expected.size} bytes {MANIFEST_NAME} "
+                                         "claims: download stopped") from None
                 actual = hash_file(target)
                 if actual == expected:
                     return
@@ -215,6 +266,11 @@ class Store(ABC):
         tracker = ProgressTracker(manifest.total_bytes, progress)
         run_parallel(sorted(manifest.files), get, tracker, max_workers=self.parallel_files)
         return manifest
+
+
+def too_large(uri: str, size: int | None, limit: int) -> StoreError:
+    shown = f"{size} bytes" if size is not None else f"over {limit} bytes"
+    return StoreError(f"{uri} is {shown}; reads of it are limited to {limit} bytes: refused")
 
 
 def _existing_file(local_path: PathLike) -> Path:

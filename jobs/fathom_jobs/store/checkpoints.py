@@ -69,6 +69,12 @@ def save_checkpoint(
     return store.uri_of(key)
 
 
+def complete_checkpoints(store: Store) -> list[tuple[int, str]]:
+    """(step, uri) of every committed checkpoint, newest first."""
+    steps = sorted((step for step, done in _checkpoint_steps(store).items() if done), reverse=True)
+    return [(step, store.uri_of(checkpoint_key(step))) for step in steps]
+
+
 def latest_checkpoint(store: Store) -> tuple[int, str] | None:
     """(step, uri) of the newest committed checkpoint; uncommitted ones are skipped."""
     complete = [step for step, done in _checkpoint_steps(store).items() if done]

@@ -31,6 +31,10 @@ def open_store(
     region: str | None = None,
     path_style: bool | None = None,
     config: TransferConfig | None = None,
+    connect_timeout: float = 10.0,
+    read_timeout: float = 60.0,
+    max_attempts: int = 5,
+    outer_attempts: int | None = None,
 ) -> Store:
     """Open `s3://bucket/prefix` or `file:///abs/path`.
 
@@ -38,7 +42,9 @@ def open_store(
     AWS_ENDPOINT_URL, region from AWS_REGION or AWS_DEFAULT_REGION (else us-east-1). Path-style
     addressing defaults to on with a custom endpoint (MinIO, Ceph, SeaweedFS) and off on AWS.
     Credentials come from the standard AWS variables (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
-    AWS_SESSION_TOKEN), never from the URI.
+    AWS_SESSION_TOKEN), never from the URI. `connect_timeout`, `read_timeout`, `max_attempts`
+    (botocore's) and `outer_attempts` (this store's own retries) bound how long a dead endpoint can
+    hold a call; the operator opens its stores with small ones.
     """
     if not isinstance(uri, str):
         raise TypeError(f"store URI must be a str, got {type(uri).__name__}")
@@ -47,12 +53,14 @@ def open_store(
         return FileStore.from_uri(uri)
     if scheme == "s3":
         return _open_s3(uri, endpoint=endpoint, region=region, path_style=path_style,
-                        config=config)
+                        config=config, timeouts=(connect_timeout, read_timeout), max_attempts=max_attempts,
+                        outer_attempts=outer_attempts)
     raise ValueError(f"unsupported store URI {redact_uri(uri)!r}: expected {ACCEPTED}")
 
 
 def _open_s3(uri: str, *, endpoint: str | None, region: str | None, path_style: bool | None,
-             config: TransferConfig | None) -> Store:
+             config: TransferConfig | None, timeouts: tuple[float, float] = (10.0, 60.0),
+             max_attempts: int = 5, outer_attempts: int | None = None) -> Store:
     parsed = urlparse(uri)
     shown = redact_uri(uri)
     if "@" in parsed.netloc:
@@ -80,6 +88,7 @@ def _open_s3(uri: str, *, endpoint: str | None, region: str | None, path_style: 
     from botocore.config import Config
 
     from .s3 import S3Connection, S3Store, default_transfer_config
+    from .transfer import OUTER_ATTEMPTS
 
     transfer_config = config or default_transfer_config()
     concurrency = int(getattr(transfer_config, "max_request_concurrency", 10))
@@ -87,9 +96,9 @@ def _open_s3(uri: str, *, endpoint: str | None, region: str | None, path_style: 
         region_name=region,
         signature_version="s3v4",
         # botocore's own retries: throttling (SlowDown/503), 5xx, resets and timeouts.
-        retries={"mode": "standard", "max_attempts": 5},
-        connect_timeout=10,
-        read_timeout=60,
+        retries={"mode": "standard", "max_attempts": max_attempts},
+        connect_timeout=timeouts[0],
+        read_timeout=timeouts[1],
         # One pooled connection per concurrent part request, plus headroom for small calls.
         max_pool_connections=concurrency + 8,
         s3={
@@ -103,7 +112,8 @@ def _open_s3(uri: str, *, endpoint: str | None, region: str | None, path_style: 
     )
     client = boto3.session.Session().client("s3", endpoint_url=endpoint, config=client_config)
     label = endpoint or f"AWS S3 ({region})"
-    return S3Store(parsed.netloc, prefix, S3Connection(client, transfer_config, label))
+    connection = S3Connection(client, transfer_config, label, attempts=outer_attempts or OUTER_ATTEMPTS)
+    return S3Store(parsed.netloc, prefix, connection)
 
 
 def _check_endpoint(endpoint: str) -> None:

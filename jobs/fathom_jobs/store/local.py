@@ -1,4 +1,9 @@
-"""file:// backend: a directory on a local or shared filesystem (local runs and tests)."""
+"""file:// backend: a directory on a local or shared filesystem (local runs and tests).
+
+Nothing outside the root is ever read, written, listed or deleted: keys cannot hold `..`
+(`clean_key`), and a path that a symbolic link inside the store resolves to somewhere outside the
+root is refused (AccessDeniedError) - or, when listing, left out.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from .base import Store
+from .base import Store, too_large
 from .errors import AccessDeniedError, NotFoundError, StoreError
 from .keys import clean_key
 from .transfer import FileProgress, TransferAborted
@@ -22,10 +27,13 @@ _COPY_CHUNK = 8 * 1024 * 1024
 
 
 class FileStore(Store):
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, jail: Path | None = None) -> None:
+        """`jail`: the directory nothing may resolve outside of (default: root; children keep their
+        parent's, so a linked child directory does not become a way out)."""
         if not root.is_absolute():
             raise ValueError(f"file store root must be an absolute path, got {str(root)!r}")
         self._root = Path(os.path.normpath(root))
+        self._jail = self._root if jail is None else jail
 
     @classmethod
     def from_uri(cls, uri: str) -> FileStore:
@@ -46,10 +54,18 @@ class FileStore(Store):
         return self._root
 
     def child(self, rel: str) -> FileStore:
-        return FileStore(self._root / clean_key(rel))
+        return self._inherit(FileStore(self._root / clean_key(rel), self._jail))
+
+    def _inside(self, path: Path) -> bool:
+        root = os.path.realpath(self._jail)
+        real = os.path.realpath(path)
+        return real == root or real.startswith(root.rstrip(os.sep) + os.sep)
 
     def _path(self, key: str) -> Path:
-        return self._root / key if key else self._root
+        path = self._root / key if key else self._root
+        if not self._inside(path):
+            raise AccessDeniedError(f"{self.uri_of(key)} resolves outside the store (a symbolic link): refused")
+        return path
 
     def _read(self, key: str) -> bytes:
         with _os_errors(self.uri_of(key)):
@@ -57,6 +73,20 @@ class FileStore(Store):
             if not path.is_file():
                 raise NotFoundError(f"{self.uri_of(key)} does not exist")
             return path.read_bytes()
+
+    def _read_limited(self, key: str, max_bytes: int) -> bytes:
+        with _os_errors(self.uri_of(key)):
+            path = self._path(key)
+            if not path.is_file():
+                raise NotFoundError(f"{self.uri_of(key)} does not exist")
+            with open(path, "rb") as handle:
+                size = os.fstat(handle.fileno()).st_size
+                if size > max_bytes:
+                    raise too_large(self.uri_of(key), size, max_bytes)
+                data = handle.read(max_bytes + 1)
+            if len(data) > max_bytes:
+                raise too_large(self.uri_of(key), None, max_bytes)
+            return data
 
     def _write(self, key: str, data: bytes) -> None:
         with _os_errors(self.uri_of(key)), _atomic_target(self._path(key)) as tmp:
@@ -66,7 +96,8 @@ class FileStore(Store):
                 os.fsync(handle.fileno())  # small commit records must survive a node crash
 
     def _exists(self, key: str) -> bool:
-        return self._path(key).is_file()
+        path = self._root / key
+        return path.is_file() and self._inside(path)
 
     def _size(self, key: str) -> int:
         path = self._path(key)
@@ -76,15 +107,16 @@ class FileStore(Store):
             return path.stat().st_size
 
     def _list(self, prefix: str) -> list[str]:
-        base = self._path(prefix)
-        if not base.is_dir():
+        base = self._root / prefix if prefix else self._root
+        if not base.is_dir() or not self._inside(base):
             return []
         keys: list[str] = []
         with _os_errors(self.uri_of(prefix)):
-            for dirpath, _dirnames, filenames in os.walk(base):
+            for dirpath, _dirnames, filenames in os.walk(base):  # never descends into linked directories
                 for name in filenames:
-                    if TMP_MARK not in name:
-                        keys.append((Path(dirpath) / name).relative_to(self._root).as_posix())
+                    path = Path(dirpath) / name
+                    if TMP_MARK not in name and (not path.is_symlink() or self._inside(path)):
+                        keys.append(path.relative_to(self._root).as_posix())
         return keys
 
     def _delete(self, key: str) -> None:

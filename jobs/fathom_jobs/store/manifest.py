@@ -18,6 +18,33 @@ if TYPE_CHECKING:
 MANIFEST_NAME = "_MANIFEST.json"
 MANIFEST_VERSION = 1
 _HASH_CHUNK = 8 * 1024 * 1024
+MAX_JSON_DEPTH = 64  # manifests are 4 levels deep; `extra` may nest a little
+MAX_FILE_SIZE = 5 * 1024**4  # 5 TiB: S3's largest object
+_HEX = frozenset("0123456789abcdefABCDEF")
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def load_json(data: str | bytes, *, source: str, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """Strict JSON (no NaN/Infinity) nested at most max_depth levels; a StoreError naming `source`
+    otherwise, whatever the bytes (no RecursionError, no memory beyond the parsed value)."""
+    try:
+        value = json.loads(data, parse_constant=_no_constant)
+    except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as exc:
+        raise StoreError(f"{source} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise StoreError(f"{source} is nested too deeply (over {max_depth} levels)") from None
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, (dict, list)):
+            if depth > max_depth:
+                raise StoreError(f"{source} is nested too deeply (over {max_depth} levels)")
+            children = node.values() if isinstance(node, dict) else node
+            stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return value
 
 
 @dataclass(frozen=True)
@@ -63,6 +90,9 @@ class Manifest:
 
         if not isinstance(doc, dict):
             raise bad(f"expected a JSON object, got {type(doc).__name__}")
+        version = doc.get("version", MANIFEST_VERSION)
+        if version != MANIFEST_VERSION or isinstance(version, bool):
+            raise bad(f"unsupported version {str(version)[:20]!r}; expected {MANIFEST_VERSION}")
         files_doc = doc.get("files")
         if not isinstance(files_doc, dict):
             raise bad("'files' must be an object of {path: {size, sha256}}")
@@ -78,8 +108,10 @@ class Manifest:
             size, digest = entry.get("size"), entry.get("sha256")
             if not isinstance(size, int) or isinstance(size, bool) or size < 0:
                 raise bad(f"files[{path!r}].size must be a non-negative integer")
-            if not isinstance(digest, str) or len(digest) != 64:
+            if not isinstance(digest, str) or len(digest) != 64 or any(c not in _HEX for c in digest):
                 raise bad(f"files[{path!r}].sha256 must be a 64-character hex digest")
+            if size > MAX_FILE_SIZE:
+                raise bad(f"files[{path!r}].size {size} is beyond any object a store holds")
             files[clean_path] = FileEntry(size=size, sha256=digest.lower())
         fingerprint = doc.get("fingerprint")
         if fingerprint is not None and not isinstance(fingerprint, str):
@@ -94,11 +126,8 @@ class Manifest:
 
     @classmethod
     def from_json(cls, text: str | bytes, *, source: str = "manifest") -> Manifest:
-        try:
-            doc = json.loads(text)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise StoreError(f"{source} is not valid JSON: {exc}") from None
-        return cls.from_dict(doc, source=source)
+        """Parse a manifest; malformed, non-JSON or too deeply nested input is a StoreError."""
+        return cls.from_dict(load_json(text, source=source), source=source)
 
 
 def utc_now_iso() -> str:

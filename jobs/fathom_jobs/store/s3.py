@@ -7,10 +7,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .base import Store
+from .base import Store, too_large
 from .errors import AccessDeniedError, NotFoundError, StoreError
 from .keys import clean_key, join_key
-from .transfer import FileProgress, TransferAborted, call_with_retries
+from .transfer import OUTER_ATTEMPTS, FileProgress, TransferAborted, call_with_retries
 
 if TYPE_CHECKING:
     from boto3.s3.transfer import TransferConfig
@@ -54,10 +54,12 @@ def default_transfer_config() -> TransferConfig:
 class S3Connection:
     """One client and transfer manager, shared by a store and all its children."""
 
-    def __init__(self, client: Any, config: TransferConfig, endpoint_label: str) -> None:
+    def __init__(self, client: Any, config: TransferConfig, endpoint_label: str,
+                 attempts: int = OUTER_ATTEMPTS) -> None:
         self.client = client
         self.config = config
         self.endpoint_label = endpoint_label
+        self.attempts = attempts  # outer retries of each request (botocore retries inside each)
         self._manager: Any = None
         self._lock = threading.Lock()
 
@@ -92,7 +94,7 @@ class S3Store(Store):
         return self._bucket
 
     def child(self, rel: str) -> S3Store:
-        return S3Store(self._bucket, join_key(self._prefix, clean_key(rel)), self._conn)
+        return self._inherit(S3Store(self._bucket, join_key(self._prefix, clean_key(rel)), self._conn))
 
     def _full(self, key: str) -> str:
         return join_key(self._prefix, key)
@@ -103,7 +105,7 @@ class S3Store(Store):
         uri = self.uri_of(key)
         try:
             return call_with_retries(fn, what=f"{what} {uri}", is_retryable=is_retryable,
-                                     describe=describe, abort=abort)
+                                     describe=describe, abort=abort, attempts=self._conn.attempts)
         except TransferAborted:
             raise
         except Exception as exc:
@@ -120,6 +122,26 @@ class S3Store(Store):
             # Read the body inside the retry: a connection reset mid-body is retried too.
             body: bytes = client.get_object(Bucket=self._bucket, Key=self._full(key))["Body"].read()
             return body
+
+        return self._call("reading", key, get)
+
+    def _read_limited(self, key: str, max_bytes: int) -> bytes:
+        client = self._conn.client
+        uri = self.uri_of(key)
+
+        def get() -> bytes:
+            response = client.get_object(Bucket=self._bucket, Key=self._full(key))
+            body = response["Body"]
+            try:
+                size = response.get("ContentLength")
+                if isinstance(size, int) and size > max_bytes:
+                    raise too_large(uri, size, max_bytes)  # not read at all
+                data: bytes = body.read(max_bytes + 1)  # whatever the server claims, never more
+            finally:
+                body.close()
+            if len(data) > max_bytes:
+                raise too_large(uri, None, max_bytes)
+            return data
 
         return self._call("reading", key, get)
 

@@ -36,6 +36,9 @@ class FileProgress:
         self._done = 0
         #: set when the whole transfer is being abandoned; workers stop at the next chance
         self.abort = tracker.abort
+        #: bytes this file may have (a manifest's claim); moving more aborts the transfer
+        self.limit: int | None = None
+        self.overflowed = False
 
     @property
     def aborted(self) -> bool:
@@ -47,6 +50,9 @@ class FileProgress:
         with self._tracker.lock:
             self._done += n
             self._tracker.done += n
+            if self.limit is not None and self._done > self.limit:
+                self.overflowed = True
+                self.abort.set()
 
     def restart(self) -> None:
         with self._tracker.lock:
@@ -104,11 +110,18 @@ def run_parallel(
                     error = future.exception()
                     if error is not None:
                         raise error
-        except BaseException:
+        except BaseException as failure:
             tracker.abort.set()
             for future in futures:
                 future.cancel()
             wait(futures)
+            # Report the failure that caused the abort, not a worker that merely stopped because of it.
+            if isinstance(failure, TransferAborted):
+                for future in futures:
+                    if future.done() and not future.cancelled():
+                        error = future.exception()
+                        if error is not None and not isinstance(error, TransferAborted):
+                            raise error from None
             raise
     tracker.report()
 
