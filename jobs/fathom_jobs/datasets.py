@@ -37,8 +37,11 @@ SAMPLE_TYPE = pa.struct([("text", pa.string()), ("tokens", pa.int32()), ("finish
 MESSAGES_TYPE = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
 PROBLEMS = pa.schema(PROBLEM_FIELDS)
 ANNOTATED = pa.schema(PROBLEM_FIELDS + DIFFICULTY_FIELDS)
+# Per cap: correct chains within it and the solve rate (null for a problem stopped early: `decided`).
+CAP_RATE_TYPE = pa.struct([("cap", pa.int32()), ("correct", pa.int32()), ("rate", pa.float64())])
 SAMPLES = pa.schema(PROBLEM_FIELDS + DIFFICULTY_FIELDS + [
-    pa.field("k", pa.int32()), pa.field("solve_rate", pa.float64()), pa.field("samples", pa.list_(SAMPLE_TYPE))])
+    pa.field("k", pa.int32()), pa.field("solve_rate", pa.float64()), pa.field("solve_rates", pa.list_(CAP_RATE_TYPE)),
+    pa.field("decided", pa.string()), pa.field("samples", pa.list_(SAMPLE_TYPE))])
 PROMPTS = pa.schema([pa.field("id", pa.string()), pa.field("prompt", MESSAGES_TYPE), pa.field("answer", pa.string()),
                      pa.field("difficulty", pa.int32()), pa.field("solve_rate", pa.float64())])
 CHAINS = pa.schema([pa.field("id", pa.string()), pa.field("prompt", MESSAGES_TYPE),

@@ -76,9 +76,16 @@ def input_identity(uri: str, open_store: Callable[[str], Store]) -> Identity:
         return {"uri": uri}
 
 
+def output_params(stage_type_name: str, params: dict[str, Any]) -> dict[str, Any]:
+    """The parameters that decide a stage's output: its model's RUNTIME_FIELDS left out."""
+    model = stage_type(stage_type_name).params
+    runtime = {model.model_fields[name].alias or name for name in model.RUNTIME_FIELDS}
+    return {key: value for key, value in params.items() if key not in runtime}
+
+
 def stage_fingerprint(stage_type_name: str, params: dict[str, Any], image: str,
                       identities: list[Identity]) -> str:
-    return fingerprint(stage_type_name, params, image, list(identities))
+    return fingerprint(stage_type_name, output_params(stage_type_name, params), image, list(identities))
 
 
 def job_identities(job: JobSpec) -> list[Identity]:

@@ -14,9 +14,9 @@ kinds the field accepts so the operator can check the DAG without a list of spec
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 # What a stage hands to the next one. A reference field names the kinds it accepts.
@@ -48,6 +48,9 @@ class Spec(BaseModel):
     """Base of every spec model: camelCase in YAML/JSON, unknown fields rejected."""
 
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+    # Fields that change how a stage runs or reports, never what it produces: left out of its
+    # fingerprint, so editing one reruns nothing (fathom_jobs.memo.output_params).
+    RUNTIME_FIELDS: ClassVar[frozenset[str]] = frozenset()
 
 
 # --------------------------------------------------------------------------------------- prepare
@@ -97,6 +100,14 @@ class Judge(Spec):
     requests_per_minute: int | None = Field(None, gt=0)
     max_tokens: int = Field(4096, gt=0)
     temperature: float | None = Field(None, ge=0, le=2)
+    gpu_memory_utilization: float = Field(
+        0.9, gt=0, le=1, description="Local vLLM judge: share of each GPU's memory an engine takes (weights, KV cache).")
+    tensor_parallel_size: int | None = Field(
+        None, gt=0, description="Local vLLM judge: GPUs per engine; the pod runs its GPUs / this many engines. "
+                                "Default: the smallest that fits the weights and the KV cache.")
+    kv_cache_dtype: Literal["auto", "fp8"] = Field(
+        "auto", description="Local vLLM judge: KV cache element type (auto: the model's; fp8 halves it).")
+    enable_prefix_caching: bool = Field(True, description="Local vLLM judge: reuse the KV cache of shared prompt prefixes.")
 
     def dynamic_references(self) -> dict[str, tuple[str, ...]]:
         """A local judge's `model` is a model reference; an API judge's is just a name."""
@@ -118,11 +129,20 @@ class SamplingParams(Spec):
     seed: int = 0
     engine: Literal["vllm", "transformers"] = "vllm"
     system_prompt: str = SEED_SYSTEM_PROMPT
+    gpu_memory_utilization: float = Field(
+        0.9, gt=0, le=1, description="vLLM: share of each GPU's memory an engine takes (weights, activations, KV cache).")
+    tensor_parallel_size: int | None = Field(
+        None, gt=0, description="vLLM: GPUs per engine; each pod runs gpusPerNode / tensorParallelSize engines side by "
+                                "side (data parallel). Default: the smallest power of two whose GPUs hold the weights "
+                                "and the KV cache of 4 sequences of maxTokens + 4,096 tokens.")
+    kv_cache_dtype: Literal["auto", "fp8"] = Field(
+        "auto", description="vLLM: KV cache element type; auto is the model's (bf16), fp8 halves the cache.")
+    enable_prefix_caching: bool = Field(
+        True, description="vLLM: reuse the KV cache of shared prompt prefixes (the k samples of a problem share one).")
 
-
-class SolveRateParams(SamplingParams):
-    data: Annotated[str, Ref((PROBLEMS,))]
-    model: ModelRef = "base"
+    # Where and how fast vLLM runs, not what it samples: changing them reuses finished eval parts.
+    PLACEMENT_FIELDS: ClassVar[frozenset[str]] = frozenset(
+        {"gpu_memory_utilization", "tensor_parallel_size", "enable_prefix_caching"})
 
 
 # ---------------------------------------------------------------------------------------- curate
@@ -133,11 +153,31 @@ class SolveRateBand(Spec):
     at_least: float | None = None
     below: float | None = None
     at_most: float | None = None
+    cap: PositiveInt | None = Field(
+        None, description="The token cap whose solve rates the band reads (one of the solve-rate stage's "
+        "maxTokens); default: the largest cap the samples carry.")
+
+    def contains(self, rate: float) -> bool:
+        return ((self.above is None or rate > self.above) and (self.at_least is None or rate >= self.at_least)
+                and (self.below is None or rate < self.below) and (self.at_most is None or rate <= self.at_most))
+
+    def reachable(self, correct: int, drawn: int, samples: int) -> bool:
+        """Whether a problem with `correct` of `drawn` chains right can still end in the band once all
+        `samples` are drawn, whatever the remaining chains' outcomes."""
+        return any(self.contains(final / samples) for final in range(correct, correct + samples - drawn + 1))
 
 
 class DifficultyBand(Spec):
+    """Judge ratings 1-10, inclusive bounds. A band leaves out problems the judge did not rate."""
+
     min: int | None = None
     max: int | None = None
+    include_unrated: bool = Field(False, description="Also select problems the judge did not rate (difficulty null).")
+
+    def contains(self, difficulty: int | None) -> bool:
+        if difficulty is None:
+            return self.include_unrated
+        return (self.min is None or difficulty >= self.min) and (self.max is None or difficulty <= self.max)
 
 
 class Selection(Spec):
@@ -145,34 +185,98 @@ class Selection(Spec):
     solve_rate: SolveRateBand | None = None
 
 
+# The seeds' sets. The two model cards disagree on two bands, so both readings are offered:
+# curriculum 0.2 < solve < 0.6 (`curriculum`) or < 0.7 (`curriculum-wide`, the Fathom-R1-14B card's
+# "between 0.2 and 0.7"); shortest chains 0.1 <= solve <= 0.4 (`shortest-chains`) or 0 < solve <= 0.4
+# (`shortest-chains-wide`, the card's "0 < pass_rate <= 0.4"). Caps: the SFT sets read the 16k rates
+# (SFT trains at 16,384 tokens); the RL set the 6k rates (GRPO completes at 6,000). A preset's cap
+# applies when the samples carry several caps; samples with one cap are selected at that cap.
 CURATE_PRESETS: dict[str, dict[str, Any]] = {
-    # Fathom-R1-14B-v0.6: medium problems, easy -> hard.
+    # Fathom-R1-14B-v0.6: medium problems (rated difficulty >= 5; unrated ones left out), easy -> hard.
     "curriculum": {
-        "select": {"difficulty": {"min": 5}, "solveRate": {"above": 0.2, "below": 0.6}},
+        "select": {"difficulty": {"min": 5}, "solveRate": {"above": 0.2, "below": 0.6, "cap": 16384}},
         "order": "easy-to-hard",
         "keep": "shortest-correct-chain",
     },
-    # Fathom-R1-14B-RS: the GRPO length-compression prompts.
-    "rl-compression": {"select": {"solveRate": {"atLeast": 0.0, "atMost": 0.5}}, "order": "none", "keep": "prompt"},
+    "curriculum-wide": {
+        "select": {"difficulty": {"min": 5}, "solveRate": {"above": 0.2, "below": 0.7, "cap": 16384}},
+        "order": "easy-to-hard",
+        "keep": "shortest-correct-chain",
+    },
+    # Fathom-R1-14B-RS: the GRPO length-compression prompts. Never-solved problems are left out: a group
+    # of all-zero rewards has no advantage and so no gradient (the seeds' set "ensures minimum reward").
+    "rl-compression": {"select": {"solveRate": {"above": 0.0, "atMost": 0.5, "cap": 6000}}, "order": "none",
+                       "keep": "prompt"},
     # Fathom-R1-14B-v0.4: the shortest correct chain of hard-ish problems.
     "shortest-chains": {
-        "select": {"solveRate": {"atLeast": 0.1, "atMost": 0.4}},
+        "select": {"solveRate": {"atLeast": 0.1, "atMost": 0.4, "cap": 16384}},
+        "order": "none",
+        "keep": "shortest-correct-chain",
+    },
+    "shortest-chains-wide": {
+        "select": {"solveRate": {"above": 0.0, "atMost": 0.4, "cap": 16384}},
         "order": "none",
         "keep": "shortest-correct-chain",
     },
 }
+CuratePreset = Literal["curriculum", "curriculum-wide", "rl-compression", "shortest-chains", "shortest-chains-wide"]
+# One description for both stage types' `select`, so the CRD's merged stage schema keeps it typed.
+SELECT_DESCRIPTION = (
+    "Problems to take: a `difficulty` band (ratings 1-10; unrated problems are left out unless `includeUnrated`) "
+    "and, in curate only, a `solveRate` band read at a `cap` (default: the largest cap the samples carry). "
+    "solve-rate applies its `difficulty` band before sampling.")
+
+
+class SolveRateParams(SamplingParams):
+    """Sampled once at the largest cap; every chain graded at each cap (see stages/solve_rate.py)."""
+
+    data: Annotated[str, Ref((PROBLEMS,))]
+    model: ModelRef = "base"
+    max_tokens: PositiveInt | Annotated[list[PositiveInt], Field(min_length=1)] = Field(  # type: ignore[assignment]
+        6000,
+        description="Token cap, or several caps (e.g. [6000, 16384]): chains are sampled once at the largest and "
+        "graded at each; a chain is correct at cap c when it is correct and ended within c tokens.",
+    )
+    select: Selection | None = Field(None, description=SELECT_DESCRIPTION)
+    samples_per_round: int = Field(
+        2, gt=0, description="Adaptive sampling: chains drawn per problem per round while `stopOutside` has bands.")
+    stop_outside: list[SolveRateBand] | None = Field(
+        None,
+        description="Adaptive sampling: stop sampling a problem once, whatever its remaining chains, its solve rate "
+        "can fall in none of these bands (each at its `cap`); it is written with `decided: outside`. Left out, the "
+        "operator fills in the solveRate bands of the curate stages that read this stage; [] samples every problem "
+        "fully.",
+    )
+
+    @field_validator("select")
+    @classmethod
+    def _difficulty_only(cls, value: Selection | None) -> Selection | None:
+        if value is not None and value.solve_rate is not None:
+            raise ValueError("solve-rate selects problems before sampling: only `difficulty` applies")
+        return value
+
+    def caps(self) -> list[int]:
+        """The token caps, ascending; chains are sampled at the last."""
+        return sorted(set(self.max_tokens if isinstance(self.max_tokens, list) else [self.max_tokens]))
+
+    @property
+    def max_cap(self) -> int:
+        return self.caps()[-1]
 
 
 class CurateParams(Spec):
     data: Annotated[str, Ref((SAMPLES,))]
-    preset: Literal["curriculum", "rl-compression", "shortest-chains"] | None = Field(
+    preset: CuratePreset | None = Field(
         None, description="The seeds' sets; explicit select/order/keep override the preset's."
     )
-    select: Selection | None = None
+    select: Selection | None = Field(None, description=SELECT_DESCRIPTION)
     order: Literal["easy-to-hard", "hard-to-easy", "shuffle", "none"] | None = None
     keep: Literal["shortest-correct-chain", "all-correct-chains", "solution", "prompt"] | None = Field(
         None, description="What each selected problem contributes: sampled chains, its reference solution, or the prompt alone."
     )
+    max_chain_tokens: int | None = Field(
+        None, gt=0, description="Leave out sampled chains longer than this many tokens (counted, never truncated); "
+        "SFT's maxLength also holds the prompt.")
     seed: int = 0
 
     def effective(self) -> CurateParams:
@@ -188,9 +292,27 @@ class CurateParams(Spec):
     def output_kind(self) -> str:
         return PROMPTS if self.effective().keep == "prompt" else CHAINS
 
+    def selection_cap(self, caps: list[int]) -> int | None:
+        """The cap whose solve rates this stage selects and orders by, given the caps its samples carry
+        (ascending; [] for samples without per-cap rates: None, the `solve_rate` column). An explicit
+        `cap` must be carried; a preset's cap applies when several are; default the largest."""
+        select = self.effective().select
+        cap = select.solve_rate.cap if select and select.solve_rate else None
+        explicit = self.select is not None and self.select.solve_rate is not None
+        if cap is None or (not explicit and len(caps) <= 1):
+            return caps[-1] if caps else None
+        if cap not in caps:
+            carried = f"caps {', '.join(map(str, caps))}" if caps else "no per-cap solve rates"
+            if explicit:
+                raise ValueError(f"select.solveRate.cap {cap} is not a cap of the samples (they carry {carried})")
+            raise ValueError(f"preset {self.preset} reads the solve rates at cap {cap} but the samples carry {carried}; "
+                             "give select.solveRate a cap")
+        return cap
+
 
 # -------------------------------------------------------------------------------------- training
 class TrainingParams(Spec):
+    RUNTIME_FIELDS = frozenset({"keep_checkpoints", "collective_timeout_minutes", "wandb_api_key_secret", "report_to"})
     model: ModelRef = "base"
     learning_rate: float = Field(1e-5, gt=0)
     lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
@@ -202,9 +324,24 @@ class TrainingParams(Spec):
     max_steps: int | None = Field(None, gt=0, description="Stop after this many optimizer steps (default: full passes).")
     deepspeed: Literal["zero3", "zero2", "none"] = "zero3"
     liger: bool = Field(False, description="Use Liger kernels (fused RMSNorm/RoPE/cross-entropy).")
-    save_steps: int = Field(100, gt=0, description="Checkpoint to the store every N steps.")
+    save_steps: int = Field(100, gt=0, description="Checkpoint to the store every N steps (the final model is saved once, not as a checkpoint).")
     keep_checkpoints: int = Field(2, gt=0)
+    collective_timeout_minutes: int = Field(
+        120, gt=0, description="How long a process waits for the others at a collective (the torch.distributed timeout): "
+        "it must cover the slowest node's checkpoint upload to the store.")
+    wandb_api_key_secret: str | None = Field(
+        None, description="Secret with WANDB_API_KEY (optionally WANDB_PROJECT, WANDB_ENTITY, WANDB_BASE_URL), mounted with envFrom; reportTo: wandb needs it.")
+    report_to: Literal["tensorboard", "wandb", "none"] = Field(
+        "tensorboard", description="Training curves: TensorBoard event files under the stage's logs/ in the store, "
+        "Weights & Biases (key from wandbApiKeySecret), or none.")
     seed: int = 42
+
+    @field_validator("report_to")
+    @classmethod
+    def _wandb_needs_a_key(cls, value: str, info: Any) -> str:
+        if value == "wandb" and not info.data.get("wandb_api_key_secret"):
+            raise ValueError("wandb needs wandbApiKeySecret (a Secret with WANDB_API_KEY)")
+        return value
 
 
 class SftParams(TrainingParams):
@@ -266,6 +403,16 @@ class EvalParams(SamplingParams):
     samples: int = Field(64, gt=0)
     max_tokens: int = Field(16384, gt=0)
     gpqa_shuffle: bool = Field(True, description="Shuffle GPQA choices per question (the shipped answers are all A).")
+    prompt_style: Literal["default", "limo"] = Field(
+        "default", description="default: systemPrompt as the system message, the problem as the user message. "
+                               "limo: LIMO's evaluation prompt (GAIR-NLP/LIMO eval/prompts/qwen-instruct/*.py with "
+                               "eval.py --surround_with_messages): its system prompt and the problem stripped.")
+
+    @model_validator(mode="after")
+    def _limo_prompt_is_fixed(self) -> EvalParams:
+        if self.prompt_style == "limo" and self.system_prompt != SEED_SYSTEM_PROMPT:
+            raise ValueError("promptStyle limo sends LIMO's own system prompt; remove systemPrompt")
+        return self
 
 
 # ------------------------------------------------------------------------------- the Job's input

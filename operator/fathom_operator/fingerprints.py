@@ -17,13 +17,16 @@ inputs are ready, with a fresh retry budget.
 
 Fields that never rerun anything: `retries`, `timeoutSeconds`, `pool` and node-pool placement or
 prices (unless they change the stage's GPUs per pod), `resources`, `budgetUSD`, `budgetPolicy`,
-`suspend`, `queueName`, `cache`, secrets and the service account.
+`suspend`, `queueName`, `cache`, secrets and the service account, and a stage type's runtime
+fields (`RUNTIME_FIELDS` of its parameter model: e.g. a training stage's `reportTo`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+
+from fathom_jobs.memo import output_params
 
 from . import dag
 from .api.recipe import FathomRecipe
@@ -47,7 +50,7 @@ def stage_fingerprints(recipe: FathomRecipe, namespace: str, deps: dict[str, lis
             stage = stage_by_name(spec, name)
             result[name] = _digest({
                 "type": stage.type,
-                "params": resolved_params(spec, namespace, recipe.metadata.name, stage),
+                "params": output_params(stage.type, resolved_params(spec, namespace, recipe.metadata.name, stage)),
                 "image": stage_image(spec, stage),
                 "shape": [stage.nodes, stage_gpus(spec, stage), stage.shards],
                 "inputs": [result[d] for d in deps[name]],

@@ -41,6 +41,7 @@ from .gpumemory import (
     Problem,
     check_stage,
     decode_rate,
+    engine_placement,
     flops_per_token,
     roofline_fraction,
     shape_from_config,
@@ -177,8 +178,9 @@ class _Builder:
                 continue
             seen, seen_how = self._given(other, "mean_tokens")
             if seen is not None:
-                mu = hw.fit_uncapped_mean(min(seen, params.max_tokens), params.max_tokens)
-                return hw.capped_mean(mu, cap), f"mean tokens from {other}'s {seen_how} {seen:,.0f} at cap {params.max_tokens:,}"
+                seen_cap = params.max_cap if isinstance(params, specs.SolveRateParams) else params.max_tokens
+                mu = hw.fit_uncapped_mean(min(seen, seen_cap), seen_cap)
+                return hw.capped_mean(mu, cap), f"mean tokens from {other}'s {seen_how} {seen:,.0f} at cap {seen_cap:,}"
         prior = hw.REASONING_MEAN_TOKENS
         mean = hw.capped_mean(prior.value, cap)
         return mean, f"mean tokens {mean:,.0f} = E[min(L, {cap:,})], L exponential with mean {prior.value:,.0f} ({prior.source})"
@@ -203,8 +205,12 @@ class _Builder:
             return (flops + prompts * prompt * 2 * shape.matmul_parameters) / hw.CPU_GENERATE_FLOPS_PER_CORE.value
         gpu = self.gpu(stage)
         seqs, batched = hw.vllm_batch_defaults(gpu)
-        tp = int(getattr(stage, "tensor_parallel_size", None) or gpus)  # the engine runs TP over the pod's GPUs
         util = float(getattr(stage, "gpu_memory_utilization", None) or hw.VLLM_GPU_MEMORY_UTILIZATION.value)
+        # Each pod runs GPUs / TP engines, TP the smallest that fits (the job's own placement rule).
+        chosen = engine_placement(shape, gpu, gpus=gpus, context=int(prompt) + self.cap_of(stage), util=util,
+                                  tp=getattr(stage, "tensor_parallel_size", None),
+                                  kv_cache_dtype=str(getattr(stage, "kv_cache_dtype", "auto")))
+        tp = chosen[0] if chosen else gpus
         efficiency, source = self.decode_efficiency(gpu)
         rate = decode_rate(shape, gpu, tp=tp, util=util, prompt_tokens=prompt, mean_generated=mean,
                            max_num_seqs=seqs, max_num_batched_tokens=batched, efficiency=efficiency)
@@ -213,6 +219,15 @@ class _Builder:
         basis.append(f"decode {rate.tokens_per_second_per_gpu:,.0f} tokens/s per GPU ({gpu.product}, TP {tp}, "
                      f"{rate.batch} sequences, {rate.bound}-bound roofline x {efficiency:.2f}: {source})")
         return tokens / rate.tokens_per_second_per_gpu + prefill
+
+    def cap_of(self, stage: StageCommon) -> int:
+        """The longest generation the stage's engine must hold."""
+        p = self.params[stage.name]
+        if isinstance(p, specs.SolveRateParams):
+            return p.max_cap
+        if isinstance(p, specs.SamplingParams):
+            return p.max_tokens
+        return p.judge.max_tokens if isinstance(p, specs.AnnotateParams) else 4096
 
     def decode_efficiency(self, gpu: hw.GpuSpec) -> tuple[float, str]:
         """The cited efficiency, or the calibration's measured fraction of the roofline on this GPU."""
@@ -277,7 +292,7 @@ class _Builder:
             return self.decode_seconds(stage, p.judge.model, n * mean, n, mean, basis), 0.0, weights, _Flow(n, how)
         if isinstance(p, specs.SolveRateParams):
             n, how = self.count(name, "problems", self.flow(p.data), "problems", basis)
-            mean, length = self.length(name, p.model, p.max_tokens)
+            mean, length = self.length(name, p.model, p.max_cap)  # sampled once, at the largest cap
             basis += [f"{n * p.samples:,.0f} samples (k = {p.samples})", length]
             device = self.decode_seconds(stage, p.model, n * p.samples * mean, n, mean, basis)
             grading = n * p.samples / hw.GRADINGS_PER_CPU_SECOND.value / self.cpus(stage)

@@ -75,33 +75,17 @@ class ModelShape:
         return self.layers * self.layer_parameters + self.hidden_size * self.vocab_size
 
 
-def count_parameters(layers: int, hidden: int, heads: int, kv_heads: int, head_dim: int, intermediate: int,
-                     vocab: int, tied: bool = False, qkv_bias: bool = True) -> int:
-    """Qwen2: q/k/v (with bias) and o projections, SwiGLU MLP, 2 RMSNorms per layer, final norm."""
-    q, kv = heads * head_dim, kv_heads * head_dim
-    layer = hidden * (q + 2 * kv) + q * hidden + 3 * hidden * intermediate + 2 * hidden
-    if qkv_bias:
-        layer += q + 2 * kv
-    return layers * layer + vocab * hidden * (1 if tied else 2) + hidden
-
-
 def shape_from_config(config: Mapping[str, Any], source: str = "config.json") -> ModelShape:
-    """A Hugging Face config.json (Qwen2/Llama keys) -> ModelShape; ValueError names a missing key."""
-    def need(key: str) -> int:
-        value = config.get(key)
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise ValueError(f"{source}: {key}: expected a positive integer, got {value!r}")
-        return value
+    """A Hugging Face config.json (Qwen2/Llama keys) -> ModelShape; ValueError names a missing key.
 
-    layers, hidden, heads = need("num_hidden_layers"), need("hidden_size"), need("num_attention_heads")
-    vocab, intermediate = need("vocab_size"), need("intermediate_size")
-    kv_heads = need("num_key_value_heads") if "num_key_value_heads" in config else heads
-    head_dim = need("head_dim") if config.get("head_dim") else hidden // heads
-    tied = bool(config.get("tie_word_embeddings", False))
-    limit = config.get("max_position_embeddings")
-    return ModelShape(layers, hidden, heads, kv_heads, vocab, intermediate, head_dim,
-                      count_parameters(layers, hidden, heads, kv_heads, head_dim, intermediate, vocab, tied),
-                      tied, limit if isinstance(limit, int) else None, source)
+    Parsed by the sampling job's own reader (fathom_jobs.engines.placement), so both sides size the
+    same model; q/k/v biases are assumed unless the config says otherwise (Qwen2 has them)."""
+    from fathom_jobs.engines import placement
+
+    job = placement.shape_from_config({"attention_bias": True, **config}, source)
+    return ModelShape(job.layers, job.hidden_size, job.attention_heads, job.kv_heads, job.vocab_size,
+                      job.intermediate_size, job.head_dim, job.parameters, job.tied_embeddings,
+                      job.max_position_embeddings, source)
 
 
 R1_DISTILL_QWEN_14B = shape_from_config(
@@ -303,6 +287,25 @@ def check_merge_memory(input_bytes: float, output_bytes: float, host_bytes: floa
                                         f"{math.ceil(need / 2**30 * 1.1)}Gi", need, host_bytes)]
 
 
+def engine_placement(shape: ModelShape, gpu: GpuSpec, *, gpus: int, context: int, util: float,
+                     tp: int | None = None, kv_cache_dtype: str = "auto") -> tuple[int, int] | None:
+    """(tensor parallel size, engines per pod) the sampling job will choose (fathom_jobs.engines.placement,
+    the job's own rule), or None when the model cannot fit on the pod at all."""
+    from fathom_jobs.engines import placement
+
+    job_shape = placement.ModelShape(
+        layers=shape.layers, hidden_size=shape.hidden_size, attention_heads=shape.attention_heads,
+        kv_heads=shape.kv_heads, head_dim=shape.head_dim, intermediate_size=shape.intermediate_size,
+        vocab_size=shape.vocab_size, tied_embeddings=shape.tied_embeddings,
+        max_position_embeddings=shape.max_position_embeddings)
+    try:
+        chosen = placement.plan(job_shape, gpus=gpus, context=context, utilization=util, tensor_parallel_size=tp,
+                                kv_cache_dtype=kv_cache_dtype, gpu_bytes=gpu.memory_bytes, gpu_name=gpu.product)
+    except placement.PlacementError:
+        return None
+    return chosen.tensor_parallel_size, chosen.data_parallel_size
+
+
 def check_stage(p: specs.Spec, shape: ModelShape, gpu: GpuSpec, *, name: str, gpus: int, nodes: int,
                 memory_bytes: float | None, placement: object = None) -> list[Problem]:
     """The rules above applied to one stage's parameters on its placement (gpus per pod, nodes).
@@ -330,7 +333,8 @@ def check_stage(p: specs.Spec, shape: ModelShape, gpu: GpuSpec, *, name: str, gp
     if isinstance(p, specs.EvalParams) and p.engine == "vllm":
         return vllm(p.max_tokens + int(hw.EVAL_PROMPT_BUDGET.value), "vLLM")
     if isinstance(p, specs.SamplingParams) and p.engine == "vllm":
-        return vllm(engine_ctx or p.max_tokens + prompt, "vLLM")
+        cap = p.max_cap if isinstance(p, specs.SolveRateParams) else p.max_tokens  # solve-rate: its largest cap
+        return vllm(engine_ctx or cap + prompt, "vLLM")
     if isinstance(p, specs.AnnotateParams) and p.judge.backend == "vllm":
         return vllm(engine_ctx or p.judge.max_tokens + prompt, "vLLM judge")
     if isinstance(p, specs.GrpoParams) and p.use_vllm:

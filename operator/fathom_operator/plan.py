@@ -17,12 +17,18 @@ Rules, per stage in DAG order (the status is rebuilt from scratch every time):
   newest complete checkpoint that this run of the stage wrote.
 - `spec.suspend`, or a spent budget under `budgetPolicy: stop-all`, suspends running Jobs.
 - A stage whose fingerprint changed (see `fingerprints`) starts over; its running Job is deleted.
+- Only Jobs controlled by this recipe object (owner UID) are its attempts: a recipe deleted and
+  created again never adopts the old one's Jobs or their cost. A name the API server reports as
+  taken by an object this recipe does not own (`Inputs.conflicts`) fails the stage, with the reason.
+- A status that cannot be read (a list where a mapping belongs, unknown shapes) counts as missing,
+  part by part; `Plan.warnings` says what was dropped.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -40,6 +46,7 @@ from .forecast import forecast
 from .hardware import Calibration, CalibrationError, parse_calibration
 from .observe import ANNOTATION_FINGERPRINT, Attempt, JobObs, PodObs, attempts, format_time, parse_time
 from .render import (
+    literal_env,
     produces_results,
     render_stage,
     resolved_params,
@@ -57,6 +64,14 @@ from .validate import FieldError, RecipeInvalid, validate_document
 __all__ = ["Event", "Inputs", "Options", "Parsed", "Plan", "Read", "dump_status", "load_status", "parse", "plan"]
 
 OUTCOME: dict[str, AttemptOutcome] = {"succeeded": "Succeeded", "failed": "Failed", "preempted": "Preempted"}
+METRICS_LIMIT = 64 * 1024  # a stage's metrics.json copied into status.stages.<name>.metrics, serialized
+
+
+def _json_size(value: Any) -> int:
+    try:
+        return len(json.dumps(value, allow_nan=False))
+    except (TypeError, ValueError, RecursionError):
+        return 2**62  # not plain JSON: never copied
 
 
 @dataclass(frozen=True)
@@ -90,19 +105,27 @@ class Inputs:
     facts: dict[tuple[str, str], Fact]
     now: datetime
     options: Options = Options()
+    conflicts: Mapping[str, str] = field(default_factory=dict)  # object name -> why it is not ours
 
 
 def parse(name: str, namespace: str, spec: Any, defaults: dict[str, Any] | None = None) -> Parsed | list[FieldError]:
     """Validate like `fathom validate` does (field paths included; the operator's defaults under the
-    spec), then precompute what plan() needs."""
+    spec), then precompute what plan() needs. Never raises: anything unexpected is an error on `spec`."""
     if not isinstance(spec, dict):
         return [FieldError("spec", "expected a mapping")]
-    document = {"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": name, "namespace": namespace},
-                "spec": spec}
     try:
-        recipe = validate_document(document, defaults)
+        return _parse(name, namespace, spec, defaults)
     except RecipeInvalid as exc:
         return exc.errors
+    except Exception as exc:  # a bug must make the recipe Invalid with a reason, never crash the operator
+        return [FieldError("spec", f"could not be checked ({type(exc).__name__}: {str(exc)[:300]}); "
+                                   "please report this as a bug")]
+
+
+def _parse(name: str, namespace: str, spec: dict[str, Any], defaults: dict[str, Any] | None) -> Parsed:
+    document = {"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": name, "namespace": namespace},
+                "spec": spec}
+    recipe = validate_document(document, defaults)
     deps = dag.dependencies(recipe.spec)
     order = [n for level in dag.levels(deps) for n in level]
     weights = {s.name: stage_pods(s) * max(1, stage_gpus(recipe.spec, s)) for s in recipe.spec.stages}
@@ -117,19 +140,55 @@ def parse(name: str, namespace: str, spec: Any, defaults: dict[str, Any] | None 
 
 def load_status(raw: Any) -> RecipeStatus:
     """The recipe's current status; unreadable parts are dropped rather than failing the recipe."""
-    if not isinstance(raw, dict):
-        return RecipeStatus()
+    return read_status(raw)[0]
+
+
+def read_status(raw: Any) -> tuple[RecipeStatus, list[str]]:
+    """(the readable part of a status, what was dropped). Garbage counts as missing, part by part:
+    a stage whose own fields are unreadable keeps its readable finished attempts (they were paid for)."""
+    if raw is None or raw == {}:
+        return RecipeStatus(), []
+    if not isinstance(raw, Mapping):
+        return RecipeStatus(), [f"status is {type(raw).__name__}, not a mapping: treated as missing"]
+    problems: list[str] = []
     known = {f.alias or n for n, f in RecipeStatus.model_fields.items()}
-    try:
-        return RecipeStatus.model_validate({k: v for k, v in raw.items() if k in known})
-    except ValueError:
-        stages = {}
-        for name, value in (raw.get("stages") or {}).items():
+    fields: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in known or key == "stages":
+            continue
+        try:
+            RecipeStatus.model_validate({key: value})
+        except (ValueError, TypeError, RecursionError):
+            problems.append(f"status.{key} is unreadable: treated as missing")
+            continue
+        fields[key] = value
+    stages: dict[str, StageStatus] = {}
+    found = raw.get("stages")
+    if found is not None and not isinstance(found, Mapping):
+        problems.append(f"status.stages is {type(found).__name__}, not a mapping: treated as missing")
+    for name, value in (found.items() if isinstance(found, Mapping) else ()):
+        if not isinstance(name, str):
+            continue
+        try:
+            stages[name] = StageStatus.model_validate(value)
+            continue
+        except (ValueError, TypeError, RecursionError):
+            problems.append(f"status.stages.{name[:80]} is unreadable: treated as missing")
+        history = value.get("history") if isinstance(value, Mapping) else None
+        kept = []
+        for record in history if isinstance(history, list) else ():
             try:
-                stages[name] = StageStatus.model_validate(value)
-            except ValueError:
+                kept.append(AttemptRecord.model_validate(record))
+            except (ValueError, TypeError, RecursionError):
                 continue
-        return RecipeStatus(stages=stages)
+        if kept:
+            stages[name] = StageStatus(history=kept)
+    try:
+        status = RecipeStatus.model_validate(fields)
+    except (ValueError, TypeError, RecursionError):
+        problems.append("status is unreadable: treated as missing")
+        status = RecipeStatus()
+    return status.model_copy(update={"stages": stages}), problems
 
 
 def backoff(options: Options, failures: int) -> float:
@@ -152,7 +211,14 @@ class _Planner:
         self.spec = parsed.recipe.spec
         self.now = inp.now
         self.out = Plan(status={})
-        self.observed = attempts(inp.jobs, inp.pods)
+        jobs = inp.jobs
+        if inp.uid is not None:  # a recipe's attempts are the Jobs it controls, not every Job with its label
+            jobs = [j for j in inp.jobs if j.owner_uid == inp.uid]
+            if len(jobs) < len(inp.jobs):
+                foreign = sorted(j.name for j in inp.jobs if j.owner_uid != inp.uid)
+                self.out.warnings.append(f"ignoring Jobs labelled for this recipe but not owned by it "
+                                         f"(uid {inp.uid}): {', '.join(foreign[:5])}")
+        self.observed = attempts(jobs, inp.pods)
         self.history: dict[str, list[AttemptRecord]] = {}
         self.new_records: list[tuple[str, AttemptRecord]] = []
         self.live: dict[str, Attempt | None] = {}
@@ -271,7 +337,10 @@ class _Planner:
         for candidate in known:
             if candidate is not None and candidate.fingerprint == fingerprint:
                 return candidate
-        found = forecast(self.p.recipe, self.p.calibration, measured=measured_from_status(stages))
+        try:
+            found = forecast(self.p.recipe, self.p.calibration, measured=measured_from_status(stages))
+        except (ValueError, ArithmeticError, TypeError):  # a job's metrics.json the forecast cannot use
+            found = forecast(self.p.recipe, self.p.calibration)
         return forecast_status(found, stages, fingerprint)
 
     def over_forecast(self, name: str) -> str | None:
@@ -320,6 +389,11 @@ class _Planner:
                 return
             resume = found.value
         objects = self.render(name, attempt, resume, fp)
+        taken = next((self.inp.conflicts[o["metadata"]["name"]] for o in objects
+                      if o["metadata"]["name"] in self.inp.conflicts), None)
+        if taken is not None:  # a 409 for an object this recipe does not own: an error, never success
+            st.phase, st.message = "Failed", taken
+            return
         self.out.create.append(objects)
         self.created.add(name)
         job = objects[-1]["metadata"]["name"]
@@ -342,7 +416,7 @@ class _Planner:
                              "costUSD": round(sum(r.cost_usd for r in records), 4)}
                      for stage, records in self.history.items() if stage != name}
             container = objects[0]["spec"]["template"]["spec"]["containers"][0]
-            container["env"].append({"name": "FATHOM_STAGE_COSTS", "value": json.dumps(costs, sort_keys=True)})
+            container["env"].append({"name": "FATHOM_STAGE_COSTS", "value": literal_env(json.dumps(costs, sort_keys=True))})
         return objects[1:] + objects[:1]  # the headless Service first: a killed operator never leaves a Job without it
 
     def follow(self, name: str, st: StageStatus, a: Attempt) -> None:
@@ -378,9 +452,14 @@ class _Planner:
         prev = self.old.stages.get(name)
         if found is not None and found.error is None:
             reading = stage_progress(found.value, a.start, found.at)
-            st.progress = StageProgress.model_validate(reading) if reading else None
+            try:
+                st.progress = StageProgress.model_validate(reading) if reading else None
+            except ValueError:
+                st.progress, st.message = None, "progress.json is unreadable"
         elif prev is not None and prev.job == a.job.name:
             st.progress = prev.progress  # keep the last good reading through a store hiccup
+        if found is not None and found.error is not None:
+            st.message = f"progress unavailable: {found.error}"
 
     def finished(self, name: str, st: StageStatus, prev: StageStatus | None) -> None:
         """Succeeded or Cached: pick up metrics.json (and eval results) once."""
@@ -391,12 +470,17 @@ class _Planner:
         found = self.fact("metrics", name, fp)
         retry_due = found is not None and found.error is not None and \
             (self.now - found.at).total_seconds() >= self.inp.options.retry_read_seconds
+        if found is not None and found.error is not None:
+            st.message = f"metrics unavailable: {found.error}"
         if found is None or retry_due:
             results = produces_results(stage_by_name(self.spec, name))
             self.ask("metrics", name, fp, output=st.output, results=results)
         elif found.value:
             metrics = found.value.get("metrics")
-            st.metrics = metrics if isinstance(metrics, dict) else None
+            size = _json_size(metrics)
+            if isinstance(metrics, dict) and size > METRICS_LIMIT:  # the status is one etcd object
+                st.message = f"metrics.json is {size:,} bytes: over {METRICS_LIMIT:,} it is not copied into the status"
+            st.metrics = metrics if isinstance(metrics, dict) and size <= METRICS_LIMIT else None
 
     def decide(self, name: str) -> StageStatus:
         fp = self.p.fingerprints[name]
@@ -488,7 +572,10 @@ class _Planner:
 
 
 def plan(inp: Inputs) -> Plan:
-    old = load_status(inp.status)
+    old, problems = read_status(inp.status)
     if not isinstance(inp.parsed, Parsed):
-        return invalid(inp.now, inp.generation, old, inp.parsed)
-    return _Planner(inp, inp.parsed, old).run()
+        result = invalid(inp.now, inp.generation, old, inp.parsed)
+    else:
+        result = _Planner(inp, inp.parsed, old).run()
+    result.warnings[:0] = problems
+    return result

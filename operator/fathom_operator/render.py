@@ -1,11 +1,13 @@
 """A stage attempt -> the Kubernetes objects that run it (pure; the operator and `fathom render` share it).
 
-One Job per attempt, named `<recipe>-<stage>-<attempt>` so a restarted operator finds what it
-created. Sharded sampling stages and multi-node training are Indexed Jobs (pod i takes shard i /
-node rank i); multi-node training adds a headless Service for the torchrun rendezvous on index 0.
+One Job per attempt, named `<recipe>-<stage>-<attempt>` (with a short hash of the recipe's UID and
+names when that form could be read two ways: `job_name`) so a restarted operator finds what it
+created and no two recipes ever share a name. Sharded sampling stages and multi-node training are
+Indexed Jobs (pod i takes shard i / node rank i); multi-node training adds a headless Service for
+the torchrun rendezvous on index 0.
 The stage's parameters travel as one JSON document (`fathom_jobs.specs.JobSpec`) in
-FATHOM_JOB_SPEC; credentials only by reference (`envFrom: secretRef`) - the operator never reads
-Secrets.
+FATHOM_JOB_SPEC, every `$` doubled so the kubelet's `$(VAR)` expansion never touches it;
+credentials only by reference (`envFrom: secretRef`) - the operator never reads Secrets.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 
 from fathom_jobs import registry, specs
 
-from . import __version__, dag
+from . import __version__, bands, dag
 from .api.recipe import BASE, FathomRecipe, RecipeSpec, StageCommon, stage_params
 
 LABEL_RECIPE = "fathom.dev/recipe"
@@ -30,20 +32,38 @@ CPU_PER_GPU, MEMORY_PER_GPU = "16", "200Gi"
 CPU_STAGE_CPU, CPU_STAGE_MEMORY = "4", "16Gi"
 
 
-def job_name(recipe: str, stage: str, attempt: int, max_len: int = 63) -> str:
-    """`<recipe>-<stage>-<attempt>`; past max_len the recipe part is cut and a hash keeps it unique."""
-    name = f"{recipe}-{stage}-{attempt}"
-    if len(name) <= max_len:
-        return name
-    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+def job_name(recipe: str, stage: str, attempt: int, max_len: int = 63, uid: str | None = None) -> str:
+    """The attempt's Job name: `<recipe>-<stage>-<attempt>` when that can only be read one way, else
+    `<recipe>-<hash>-<stage>-<attempt>`.
+
+    The plain form is unambiguous when neither the recipe nor the stage name has a '-' (and the
+    recipe no '.'): recipe `a-b` with stage `c` and recipe `a` with stage `b-c` would both be `a-b-c-0`.
+    Otherwise a short hash of the recipe's UID (when known) and both names keeps every recipe's
+    names its own, including a recipe deleted and created again under the same name. A plain name
+    has exactly two '-', a hashed one at least three, so the two forms never meet. Past max_len the
+    recipe part is cut (the hash still covers the whole name). Always a DNS-1123 label.
+    """
+    plain = f"{recipe}-{stage}-{attempt}"
+    if "-" not in recipe and "." not in recipe and "-" not in stage and len(plain) <= max_len:
+        return plain
+    digest = hashlib.sha256(f"{uid or ''}\0{recipe}\0{stage}".encode()).hexdigest()[:6]
     tail = f"-{digest}-{stage}-{attempt}"
-    head = recipe[: max(1, max_len - len(tail))].rstrip("-.")
-    return (head + tail)[-max_len:].lstrip("-")
+    head = recipe.replace(".", "-")[: max(0, max_len - len(tail))].rstrip("-")
+    if not head:  # absurd lengths only (validation bounds them): keep the hash and the attempt
+        return f"f{digest}-{stage}"[: max(1, max_len - len(str(attempt)) - 1)].rstrip("-") + f"-{attempt}"
+    return head + tail
 
 
 def service_name(job: str) -> str:
     """A Service name is a DNS-1035 label: it must start with a letter."""
     return job if job[0].isalpha() else f"f{job}"[:63].rstrip("-")
+
+
+def literal_env(value: str) -> str:
+    """An env value the kubelet passes through unchanged: it expands `$(VAR)` in env values (with
+    the pod's other variables, Secrets from envFrom included) and turns `$$` into `$`, so every `$`
+    of text the operator did not write itself is doubled."""
+    return value.replace("$", "$$")
 
 
 def stage_output_uri(spec: RecipeSpec, namespace: str, recipe: str, stage: str) -> str:
@@ -94,6 +114,8 @@ def resolved_params(spec: RecipeSpec, namespace: str, recipe: str, stage: StageC
         for key in ref.path[:-1]:
             node = node[key]
         node[ref.path[-1]] = resolve_reference(spec, namespace, recipe, ref.target)
+    if isinstance(params, specs.SolveRateParams) and params.stop_outside is None:
+        document["stopOutside"] = bands.stop_outside(spec, stage)  # adaptive sampling for its curate readers
     return document
 
 
@@ -135,11 +157,13 @@ def _resources(spec: RecipeSpec, stage: StageCommon) -> dict[str, Any]:
 
 
 def _env(stage: StageCommon, job: str, document: specs.JobSpec, image: str) -> list[dict[str, Any]]:
+    # Every literal value is escaped (literal_env): recipe text never reaches the kubelet's $(VAR)
+    # expansion, so the job parses exactly the document the operator fingerprinted.
     env: list[dict[str, Any]] = [
-        {"name": "FATHOM_JOB_SPEC", "value": document.model_dump_json(by_alias=True)},
-        {"name": "FATHOM_STAGE_OUTPUT", "value": document.output},
+        {"name": "FATHOM_JOB_SPEC", "value": literal_env(document.model_dump_json(by_alias=True))},
+        {"name": "FATHOM_STAGE_OUTPUT", "value": literal_env(document.output)},
         # The job fingerprints its output with its image; the operator's memo check uses the same.
-        {"name": "FATHOM_IMAGE", "value": image},
+        {"name": "FATHOM_IMAGE", "value": literal_env(image)},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
         {"name": "HF_HOME", "value": "/scratch/hf"},
     ]
@@ -147,7 +171,7 @@ def _env(stage: StageCommon, job: str, document: specs.JobSpec, image: str) -> l
         env += [
             {"name": "NNODES", "value": str(stage.nodes)},
             {"name": "NPROC_PER_NODE", "value": str(document.gpus_per_node)},
-            {"name": "MASTER_ADDR", "value": f"{job}-0.{service_name(job)}"},
+            {"name": "MASTER_ADDR", "value": literal_env(f"{job}-0.{service_name(job)}")},
             {"name": "MASTER_PORT", "value": str(TORCHRUN_PORT)},
             # JOB_COMPLETION_INDEX is set by the Job controller; torchrun reads NODE_RANK.
             {"name": "NODE_RANK", "valueFrom": {"fieldRef": {
@@ -160,6 +184,8 @@ def _env_from(spec: RecipeSpec, stage: StageCommon) -> list[dict[str, Any]]:
     secrets = [spec.store.credentials_secret, spec.hf_token_secret]
     if isinstance(stage, specs.AnnotateParams):
         secrets.append(stage.judge.api_key_secret)
+    if isinstance(stage, specs.TrainingParams):
+        secrets.append(stage.wandb_api_key_secret)
     return [{"secretRef": {"name": s}} for s in dict.fromkeys(secrets) if s]
 
 
@@ -176,7 +202,9 @@ def labels(recipe: str, stage: str, attempt: int) -> dict[str, str]:
 def render_stage(recipe: FathomRecipe, stage_name: str, attempt: int = 0, *, namespace: str | None = None,
                  resume_from: str | None = None, owner: dict[str, Any] | None = None,
                  suspend: bool = False) -> list[dict[str, Any]]:
-    """The Job (and for multi-node stages the headless Service) of one attempt of one stage."""
+    """The Job (and for multi-node stages the headless Service) of one attempt of one stage.
+
+    Names are unique per recipe object: the owner's UID (else metadata.uid) goes into the name's hash."""
     spec = recipe.spec
     namespace = namespace or recipe.metadata.namespace or "default"
     stage = stage_by_name(spec, stage_name)
@@ -184,7 +212,9 @@ def render_stage(recipe: FathomRecipe, stage_name: str, attempt: int = 0, *, nam
     pods = stage_pods(stage)
     indexed = pods > 1
     # Indexed pods are named <job>-<index> as hostnames: leave room for the index.
-    name = job_name(recipe.metadata.name, stage.name, attempt, 63 - (len(str(pods - 1)) + 1 if indexed else 0))
+    uid = (owner or {}).get("uid") or recipe.metadata.uid
+    name = job_name(recipe.metadata.name, stage.name, attempt, 63 - (len(str(pods - 1)) + 1 if indexed else 0),
+                    uid=uid)
     document = job_spec(recipe, stage, attempt, namespace, resume_from)
     meta_labels = labels(recipe.metadata.name, stage.name, attempt)
     if spec.queue_name:

@@ -9,10 +9,13 @@ superseded) and every recipe-level change, so `kubectl describe` reads as the re
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+
+from fathom_jobs.redact import redact, redact_deep
 
 from .actions import Event, Plan, dump_status
 from .api.recipe import RecipeSpec
@@ -36,6 +39,9 @@ from .store_reader import Fact
 from .validate import FieldError
 
 EVENT_LIMIT = 1000  # Event messages are capped at 1 KiB by the API server
+RESULTS_LIMIT = 256 * 1024  # an eval stage's results larger than this stay in the store, not the status
+MAX_ERRORS_SHOWN = 20  # an Invalid condition lists this many field errors
+CONDITION_MESSAGE_LIMIT = 32768  # the API server's limit on a condition message
 
 
 @dataclass(frozen=True)
@@ -74,7 +80,13 @@ class RollupInput:
 
 
 def _event(plan: Plan, type_: str, reason: str, message: str) -> None:
-    plan.events.append(Event(type_, reason, message[:EVENT_LIMIT]))
+    plan.events.append(Event(type_, reason, redact(message)[:EVENT_LIMIT]))
+
+
+def _public(status: RecipeStatus) -> dict[str, Any]:
+    """The status as written to the cluster: no credential-looking value anywhere in it."""
+    document: dict[str, Any] = redact_deep(dump_status(status))
+    return document
 
 
 def _stage_events(r: RollupInput, plan: Plan) -> None:
@@ -208,7 +220,7 @@ def rollup(r: RollupInput, plan: Plan) -> Plan:
     )
     _stage_events(r, plan)
     _recipe_events(r, plan, status, gpu, usd)
-    plan.status = dump_status(status)
+    plan.status = _public(status)
     return plan
 
 
@@ -218,7 +230,7 @@ def _eval_results(st: StageStatus, fact: Any) -> dict[str, Any] | None:
     if fact is not None and fact.key == st.fingerprint and fact.value:
         documents.append(fact.value.get("results"))
     for document in documents:
-        if isinstance(document, dict):
+        if isinstance(document, dict) and len(json.dumps(document, default=str)) <= RESULTS_LIMIT:
             try:
                 found = eval_status(document, st.output)
             except ValueError:
@@ -259,14 +271,17 @@ def _recipe_events(r: RollupInput, plan: Plan, new: RecipeStatus, gpu: float, us
 def invalid(at: datetime, generation: int | None, old: RecipeStatus, errors: list[FieldError]) -> Plan:
     """An invalid recipe: say why (field paths), start nothing, leave running Jobs and costs alone."""
     now = format_time(at) or ""
-    message = "; ".join(map(str, errors))
+    message = redact("; ".join(map(str, errors[:MAX_ERRORS_SHOWN])))
+    if len(errors) > MAX_ERRORS_SHOWN:
+        message += f"; and {len(errors) - MAX_ERRORS_SHOWN} more (fathom validate lists them all)"
+    message = message[:CONDITION_MESSAGE_LIMIT]
     g = generation
     conds = set_condition(list(old.conditions), "Invalid", True, "InvalidSpec", message, now, g)
     conds = set_condition(conds, "Ready", False, "InvalidSpec", "the recipe is invalid", now, g)
     conds = set_condition(conds, "Progressing", False, "InvalidSpec", "nothing starts until the recipe is fixed", now, g)
     conds.sort(key=lambda c: CONDITION_TYPES.index(c.type))
     status = old.model_copy(update={"phase": "Failed", "observed_generation": g, "conditions": conds})
-    plan = Plan(status=dump_status(status))
+    plan = Plan(status=_public(status))
     before = next((c for c in old.conditions if c.type == "Invalid"), None)
     if before is None or before.status != "True" or before.message != message:
         _event(plan, "Warning", "Invalid", message)

@@ -1,5 +1,5 @@
 """annotate against a scripted OpenAI-compatible server: ratings, malformed replies, 429/500/slow
-replies, a 400 kept per row, resume after a crash, and the CLI."""
+replies, a 400 kept per row, resume after a crash, and the CLI; and a local vLLM judge (fake vllm)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from fathom_jobs.engines import EngineError
 from fathom_jobs.inputs import store_for
 from fathom_jobs.stages import annotate
 from fathom_jobs.stages.annotate import parse_difficulty
+from tests.support import vllm_fake
 from tests.support.jobs_helpers import file_uri, make_job, run_cli
 from tests.support.openai_stub_server import Reply, StubServer
 
@@ -145,3 +146,28 @@ def test_cli_annotates_and_rejects_a_bad_key(tmp_path):
     assert result.returncode == 2
     assert result.stderr.startswith("fathom annotate: ") and "401" in result.stderr
     assert result.stderr.strip().count("\n") == 0
+
+
+@pytest.fixture
+def fake_vllm(monkeypatch, tmp_path):
+    yield from vllm_fake.installed(monkeypatch, tmp_path)
+
+
+def test_a_local_vllm_judge_rates_every_problem_in_one_call(tmp_path, tiny_model_dir, fake_vllm, monkeypatch):
+    monkeypatch.delenv("FATHOM_CHECKPOINT_ROWS")
+    monkeypatch.setenv("FAKE_VLLM_TEXT", "Difficulty: {seed}")  # the fake judge rates problem i as i (seed i)
+    data = problems_dataset(tmp_path)
+    judge = {"backend": "vllm", "model": file_uri(tiny_model_dir), "gpuMemoryUtilization": 0.7,
+             "kvCacheDtype": "fp8", "enablePrefixCaching": False, "maxTokens": 512}
+    job = make_job("annotate", {"data": data, "judge": judge}, file_uri(tmp_path / "store" / "difficulty"),
+                   gpusPerNode=1)
+    annotate.run(job)
+    [load] = fake_vllm.events("LLM")
+    assert load["kwargs"] == dict(model=str(tiny_model_dir), tensor_parallel_size=1, seed=0, dtype="auto",
+                                  gpu_memory_utilization=0.7, kv_cache_dtype="fp8", enable_prefix_caching=False,
+                                  max_model_len=4096)  # 512 + 4,096, within the tiny model's 4,096 positions
+    [call] = fake_vllm.events("generate")
+    assert len(call["params"]) == 9 and call["params"][0]["temperature"] == 0.0  # all 9, greedy
+    # Seed 0 reads "Difficulty: 0": out of range, so unrated.
+    assert {r["id"]: r["difficulty"] for r in read_rows(job.output)} == {f"p{i}": i or None for i in range(9)}
+    assert "destroy_model_parallel" in [e["event"] for e in fake_vllm.events()]

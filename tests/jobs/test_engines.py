@@ -1,18 +1,34 @@
-"""Sampling engines: the transformers engine's records, the vLLM call shape (against a fake
-`vllm` module), and the OpenAI-compatible client against a scripted local server."""
+"""Sampling engines: the transformers engine's records; the vLLM engines (against a recording fake
+`vllm`): one per GPU group, every prompt in one call per engine, GPU memory freed on close; and the
+OpenAI-compatible client against a scripted local server."""
 
 from __future__ import annotations
 
-import sys
+import json
+import os
+import shutil
 import threading
 import time
-import types
+from pathlib import Path
 
 import pytest
 
-from fathom_jobs.engines import Completion, EngineError, Sampling, chat, derive_seed, open_engine
+from fathom_jobs.engines import (
+    Completion,
+    EngineError,
+    Sampling,
+    chat,
+    derive_seed,
+    engine_options,
+    open_engine,
+    placement,
+    problems_per_call,
+)
 from fathom_jobs.engines.hf import TransformersEngine
 from fathom_jobs.engines.openai_api import EngineConfigError, OpenAIEngine
+from fathom_jobs.engines.vllm_engine import LocalReplica, VllmEngine
+from fathom_jobs.specs import EvalParams
+from tests.support import vllm_fake
 from tests.support.openai_stub_server import Reply, StubServer
 
 PROBLEM = chat("Please reason step by step.", "What is 2 + 3?")
@@ -83,59 +99,177 @@ def test_derive_seed_is_stable_and_distinct():
 
 
 # ------------------------------------------------------------------------------------ vLLM
-class FakeVllm(types.ModuleType):
-    """Records how the engine constructs LLM and SamplingParams and calls generate."""
-
-    def __init__(self, tokenizer):
-        super().__init__("vllm")
-        self.llm_kwargs: dict = {}
-        self.sampling_kwargs: list[dict] = []
-        self.generate_calls: list[tuple] = []
-        fake = self
-
-        class SamplingParams:
-            def __init__(self, **kwargs):
-                fake.sampling_kwargs.append(kwargs)
-                self.kwargs = kwargs
-
-        class LLM:
-            def __init__(self, **kwargs):
-                fake.llm_kwargs = kwargs
-
-            def get_tokenizer(self):
-                return tokenizer
-
-            def generate(self, prompts, sampling_params, **kwargs):
-                fake.generate_calls.append((prompts, sampling_params, kwargs))
-                outputs = []
-                for params in sampling_params:
-                    n = params.kwargs["n"]
-                    completions = [types.SimpleNamespace(text=f"chain {j}", token_ids=list(range(3 + j)),
-                                                         finish_reason="length" if j == 0 else "stop")
-                                   for j in range(n)]
-                    outputs.append(types.SimpleNamespace(outputs=completions))
-                return outputs
-
-        self.LLM, self.SamplingParams = LLM, SamplingParams
+# Against tests/support/fake_vllm (vllm's LLM / SamplingParams / parallel_state, recording every call;
+# chain i of a request seeded s reads "seed s+i", as vLLM seeds a request's n children).
+H100 = (80 * 10**9, "NVIDIA H100 80GB HBM3")
+QWEN2_32B = {"model_type": "qwen2", "num_hidden_layers": 64, "hidden_size": 5120, "num_attention_heads": 40,
+             "num_key_value_heads": 8, "intermediate_size": 27648, "vocab_size": 152064,
+             "max_position_embeddings": 131072}
 
 
-def test_vllm_engine_call_shape(engine, monkeypatch, tiny_model_dir):
-    fake = FakeVllm(engine.tokenizer)
-    monkeypatch.setitem(sys.modules, "vllm", fake)
-    vllm_engine = open_engine("vllm", tiny_model_dir, gpus=4)
+def chains(seed: int, n: int) -> list[str]:
+    return [f"seed {seed + i}" for i in range(n)]
+
+
+class InProcessEngines:
+    """Starts a multi-GPU pod's engines in this process (instead of one process each) and records
+    which GPUs each one was given."""
+
+    def __init__(self) -> None:
+        self.groups: list[list[str]] = []
+
+    def __call__(self, devices: list[str], options: dict) -> LocalReplica:
+        self.groups.append(devices)
+        return LocalReplica(devices, options)
+
+
+@pytest.fixture
+def fake_vllm(monkeypatch, tmp_path):
+    yield from vllm_fake.installed(monkeypatch, tmp_path)
+
+
+@pytest.fixture
+def h100s(monkeypatch):
+    monkeypatch.setattr(placement, "gpu_memory", lambda: H100)
+
+
+@pytest.fixture
+def in_process(monkeypatch) -> InProcessEngines:
+    engines = InProcessEngines()
+    monkeypatch.setattr(VllmEngine, "spawn_replica", engines)
+    return engines
+
+
+def shaped_like(tiny_model_dir: Path, tmp_path: Path, config: dict) -> Path:
+    """The tiny tokenizer with a bigger model's config.json (placement reads only the config)."""
+    model = tmp_path / "shaped"
+    model.mkdir()
+    for path in tiny_model_dir.iterdir():
+        if path.name != "config.json" and not path.name.endswith(".safetensors"):
+            shutil.copy(path, model / path.name)
+    (model / "config.json").write_text(json.dumps(config))
+    return model
+
+
+def test_one_gpu_runs_one_engine_in_this_process(engine, fake_vllm, tiny_model_dir):
+    vllm_engine = open_engine("vllm", tiny_model_dir, gpus=1, seed=3, max_model_len=4096, gpu_memory_utilization=0.85,
+                              kv_cache_dtype="fp8", enable_prefix_caching=False)
     sampling = Sampling(n=3, max_tokens=6000, temperature=0.6, top_p=0.95)
     seeds = [derive_seed(0, "a"), derive_seed(0, "b")]
     results = vllm_engine.generate([PROBLEM, OTHER], sampling, seeds=seeds)
 
-    assert fake.llm_kwargs["model"] == str(tiny_model_dir)
-    assert fake.llm_kwargs["tensor_parallel_size"] == 4
-    assert fake.sampling_kwargs == [dict(n=3, max_tokens=6000, seed=s, temperature=0.6, top_p=0.95) for s in seeds]
-    [(prompts, params, kwargs)] = fake.generate_calls
+    [load] = fake_vllm.events("LLM")
+    assert load["pid"] == os.getpid()
+    assert load["kwargs"] == dict(model=str(tiny_model_dir), tensor_parallel_size=1, seed=3, dtype="auto",
+                                  gpu_memory_utilization=0.85, kv_cache_dtype="fp8", enable_prefix_caching=False,
+                                  max_model_len=4096)
+    [call] = fake_vllm.events("generate")
     # Token ids from the same chat template as the transformers engine: one BOS, no re-tokenising.
-    assert prompts == [{"prompt_token_ids": engine.prompt_ids(PROBLEM)}, {"prompt_token_ids": engine.prompt_ids(OTHER)}]
-    assert kwargs == {"use_tqdm": False}
-    assert results[0] == [Completion("chain 0", 3, "length"), Completion("chain 1", 4, "stop"),
-                          Completion("chain 2", 5, "stop")]
+    assert call["prompt_token_ids"] == [engine.prompt_ids(PROBLEM), engine.prompt_ids(OTHER)]
+    assert call["params"] == [dict(n=3, max_tokens=6000, seed=s, temperature=0.6, top_p=0.95) for s in seeds]
+    assert call["options"] == {"use_tqdm": False}
+    assert [[c.text for c in r] for r in results] == [chains(seeds[0], 3), chains(seeds[1], 3)]
+    first = seeds[0]
+    assert results[0][0] == Completion(f"seed {first}", 3 + first % 5, "length" if first % 5 == 0 else "stop")
+    vllm_engine.close()
+
+
+def test_stage_settings_reach_the_engine(fake_vllm, tiny_model_dir):
+    params = EvalParams(models=["base"], gpuMemoryUtilization=0.8, kvCacheDtype="fp8", enablePrefixCaching=False,
+                        seed=5)
+    options = engine_options(params, tiny_model_dir)
+    # maxTokens 16,384 + the 4,096 prompt budget, cut to the tiny model's 4,096 positions.
+    assert options == dict(seed=5, max_model_len=4096, gpu_memory_utilization=0.8, tensor_parallel_size=None,
+                           kv_cache_dtype="fp8", enable_prefix_caching=False)
+    assert engine_options(params.model_copy(update={"engine": "transformers"}), tiny_model_dir) == {}
+    assert problems_per_call(64, "vllm") == 128 and problems_per_call(8, "vllm") == 1024
+    open_engine("vllm", tiny_model_dir, gpus=1, **options).close()
+    assert fake_vllm.events("LLM")[0]["kwargs"]["max_model_len"] == 4096
+
+
+def test_eight_gpus_run_eight_engines_each_given_its_share_in_one_call(fake_vllm, h100s, in_process, tiny_model_dir):
+    vllm_engine = open_engine("vllm", tiny_model_dir, gpus=8)
+    assert in_process.groups == [[str(i)] for i in range(8)]
+    assert [e["kwargs"]["tensor_parallel_size"] for e in fake_vllm.events("LLM")] == [1] * 8
+
+    conversations = [chat("Reason.", f"Problem {i}") for i in range(20)]
+    seeds = [1000 + 10 * i for i in range(20)]
+    results = vllm_engine.generate(conversations, Sampling(n=4, max_tokens=100), seeds=seeds)
+    calls = fake_vllm.events("generate")
+    assert [len(c["params"]) for c in calls] == [3, 3, 3, 3, 2, 2, 2, 2]  # one call per engine, 20 prompts
+    assert [[c.text for c in r] for r in results] == [chains(s, 4) for s in seeds]
+    vllm_engine.close()
+    assert len(fake_vllm.events("LLM freed")) == 8
+
+
+def test_a_32b_model_runs_four_engines_of_two_gpus(fake_vllm, h100s, in_process, tiny_model_dir, tmp_path,
+                                                   monkeypatch):
+    model = shaped_like(tiny_model_dir, tmp_path, QWEN2_32B)
+    open_engine("vllm", model, gpus=8, max_model_len=16384 + 4096).close()
+    assert in_process.groups == [["0", "1"], ["2", "3"], ["4", "5"], ["6", "7"]]
+    assert [e["kwargs"]["tensor_parallel_size"] for e in fake_vllm.events("LLM")] == [2] * 4
+    # tensorParallelSize set: 8 GPUs / 4 = 2 engines, on the GPUs the pod was given.
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "8,9,10,11,12,13,14,15")
+    in_process.groups.clear()
+    open_engine("vllm", model, gpus=8, tensor_parallel_size=4).close()
+    assert in_process.groups == [["8", "9", "10", "11"], ["12", "13", "14", "15"]]
+
+
+def test_a_problems_64_samples_spread_over_every_engine_and_come_back_in_order(fake_vllm, h100s, in_process,
+                                                                               tiny_model_dir):
+    vllm_engine = open_engine("vllm", tiny_model_dir, gpus=8)
+    results = vllm_engine.generate([PROBLEM, OTHER, PROBLEM], Sampling(n=64, max_tokens=100), seeds=[7, 500, 90])
+    calls = fake_vllm.events("generate")
+    # 3 problems x 64 chains = 24 requests of 8 (seeds s, s+8, ..., s+56): 3 per engine, one call each.
+    assert [len(c["params"]) for c in calls] == [3] * 8
+    assert sorted(p["seed"] for c in calls for p in c["params"]) == sorted(
+        s + 8 * j for s in (7, 500, 90) for j in range(8))
+    assert {p["n"] for c in calls for p in c["params"]} == {8}
+    # The chains vLLM would return for one request of n = 64 (children seeded seed + i), in order.
+    assert [[c.text for c in r] for r in results] == [chains(7, 64), chains(500, 64), chains(90, 64)]
+    vllm_engine.close()
+
+
+def test_close_frees_gpu_memory_before_the_next_engine_loads(fake_vllm, tiny_model_dir, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: fake_vllm.module.record("empty_cache"))
+    first = open_engine("vllm", tiny_model_dir, gpus=1)
+    first.generate([PROBLEM], Sampling(n=1, max_tokens=5))
+    first.close()
+    second = open_engine("vllm", tiny_model_dir, gpus=1)
+    assert [e["event"] for e in fake_vllm.events() if e["event"] != "generate"] == [
+        "LLM", "engine core shutdown", "LLM freed", "destroy_model_parallel", "destroy_distributed_environment",
+        "empty_cache", "LLM"]
+    with pytest.raises(EngineError, match="closed"):
+        first.generate([PROBLEM], Sampling())
+    second.close()
+
+
+def test_engines_run_in_their_own_processes_on_their_own_gpus(fake_vllm, h100s, tiny_model_dir):
+    vllm_engine = open_engine("vllm", tiny_model_dir, gpus=2)
+    processes = [replica.process for replica in vllm_engine.replicas]
+    try:
+        results = vllm_engine.generate([PROBLEM, OTHER, PROBLEM], Sampling(n=2, max_tokens=8), seeds=[10, 20, 30])
+    finally:
+        vllm_engine.close()
+    loads = fake_vllm.events("LLM")
+    assert sorted(e["devices"] for e in loads) == ["0", "1"]
+    assert len({e["pid"] for e in loads}) == 2 and os.getpid() not in {e["pid"] for e in loads}
+    assert sorted((c["devices"], len(c["params"])) for c in fake_vllm.events("generate")) == [("0", 2), ("1", 1)]
+    assert [[c.text for c in r] for r in results] == [chains(10, 2), chains(20, 2), chains(30, 2)]
+    # Closed: each engine tore vLLM's distributed state down and its process is gone.
+    assert sorted(e["devices"] for e in fake_vllm.events("destroy_distributed_environment")) == ["0", "1"]
+    assert [p.exitcode for p in processes] == [0, 0]
+
+
+def test_an_engine_that_cannot_load_stops_the_stage_with_its_reason(fake_vllm, h100s, tiny_model_dir, monkeypatch):
+    monkeypatch.setenv("FAKE_VLLM_FAIL_ON_DEVICES", "1")
+    with pytest.raises(EngineError, match="vLLM engine on GPUs 1: RuntimeError: CUDA out of memory"):
+        open_engine("vllm", tiny_model_dir, gpus=2)
+    # The engine that did load was closed with it.
+    assert [e["devices"] for e in fake_vllm.events("destroy_model_parallel")] == ["0"]
 
 
 # ----------------------------------------------------------------------------- OpenAI API

@@ -96,8 +96,9 @@ def test_grpo_three_steps_through_the_cli(tmp_path, tiny_model_dir):
     assert [point["step"] for point in metrics["rewardCurve"]] == [1, 2, 3]
     assert metrics["reward"]["mean"] >= 0 and "accuracy" in metrics
     assert metrics["cappedFraction"]["mean"] <= 1.0
-    assert latest_checkpoint(store)[0] == 3
+    assert latest_checkpoint(store)[0] == 2  # saveSteps 2; the last step is the final model, not a checkpoint
     assert store.read_json("progress.json")["step"] == 3
+    assert any("tfevents" in key for key in store.list("logs/attempt-0"))  # TensorBoard, the default reportTo
 
 
 class Recorded(grpo.CorrectAndShortReward):

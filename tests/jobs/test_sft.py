@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+from itertools import accumulate
 from pathlib import Path
 
 import pytest
@@ -111,6 +112,106 @@ def test_batches_follow_the_curriculum_for_every_pass(tmp_path, tiny_model_dir, 
     assert seen == sum(ordered, [])
 
 
+# ------------------------------------------------------------------------------------ attention
+def test_a_packed_stage_on_a_gpu_loads_the_varlen_kernel_or_stops(tmp_path, tiny_model_dir, tokenizer, monkeypatch):
+    from transformers import AutoModelForCausalLM
+
+    from fathom_jobs import training
+    from fathom_jobs.errors import StageInputError
+
+    params = SftParams.model_validate({"data": "x", "maxLength": 128, "deepspeed": "none",
+                                       "gradientAccumulationSteps": 1})
+    unpacked = params.model_copy(update={"packing": False})
+    examples, _ = sft.training_examples(CHAINS_ROWS, tokenizer, params)
+    padded, _ = sft.training_examples(CHAINS_ROWS, tokenizer, unpacked)
+    # CPU arguments: only the model load is told of a GPU.
+    args, padded_args = sft.sft_config(params, tmp_path / "t"), sft.sft_config(unpacked, tmp_path / "u")
+    loaded: list[dict] = []
+    real_load = AutoModelForCausalLM.from_pretrained
+
+    def from_pretrained(path, **kwargs):
+        loaded.append(kwargs)
+        return real_load(path, dtype=torch.float32, attn_implementation="sdpa")
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", from_pretrained)
+    monkeypatch.setattr(training, "has_gpu", lambda: True)
+    monkeypatch.setattr(training, "flash_attn_available", lambda: True)
+    sft.build_trainer(params, tiny_model_dir, tokenizer, examples, args)
+    assert loaded[-1]["attn_implementation"] == "flash_attention_2"
+
+    # No flash-attn on a GPU: a packed stage stops with one line instead of a dense 16k x 16k mask...
+    monkeypatch.setattr(training, "flash_attn_available", lambda: False)
+    with pytest.raises(StageInputError, match="packing on a GPU needs the flash-attn package"):
+        sft.build_trainer(params, tiny_model_dir, tokenizer, examples, args)
+    job = sft_job(tmp_path, tiny_model_dir)
+    with pytest.raises(StageInputError, match="packing on a GPU needs the flash-attn package"):
+        sft.run(job)  # the stage stops before it fetches or trains anything
+    assert not training.work_dir(job).exists()
+    # ...while padded (unpacked) batches need no varlen kernel.
+    sft.build_trainer(unpacked, tiny_model_dir, tokenizer, padded, padded_args)
+    assert loaded[-1]["attn_implementation"] == "sdpa"
+    # And the CPU path (tests, demo) is sdpa.
+    monkeypatch.setattr(training, "has_gpu", lambda: False)
+    assert training.model_load_kwargs(params, packed=True)["attn_implementation"] == "sdpa"
+
+
+def test_packed_batches_reach_the_varlen_kernel_with_chain_boundaries_and_no_mask(tmp_path, tiny_model_dir, tokenizer,
+                                                                                 monkeypatch):
+    """The GPU path on a CPU: transformers' own flash_attention_2 code with a reference varlen kernel
+    (per-chain sdpa) in place of flash-attn's CUDA one."""
+    import torch.nn.functional as F
+    from transformers import modeling_flash_attention_utils as flash_utils
+    from transformers.masking_utils import create_causal_mask
+
+    params = SftParams.model_validate({"data": "x", "maxLength": 320, "deepspeed": "none",
+                                       "gradientAccumulationSteps": 1})
+    examples, _ = sft.training_examples(CHAINS_ROWS, tokenizer, params)
+    trainer = sft.build_trainer(params, tiny_model_dir, tokenizer, examples, sft.sft_config(params, tmp_path / "t"))
+    batch = next(iter(trainer.get_train_dataloader()))
+    lengths = examples[0]["seq_lengths"]
+    assert len(lengths) >= 2  # several chains in the first block
+    boundaries = [0, *accumulate(lengths)]
+    # What TRL's padding-free collator hands the model: no mask, positions restarting at every chain.
+    assert "attention_mask" not in batch
+    assert batch["position_ids"][0].tolist() == sum((list(range(n)) for n in lengths), [])
+    assert batch["cu_seq_lens_q"].tolist() == boundaries and batch["max_length_q"] == max(lengths)
+
+    model = trainer.model.eval()
+    embeds = torch.zeros(1, boundaries[-1], model.config.hidden_size)
+    mask_args = {"inputs_embeds": embeds, "attention_mask": None, "past_key_values": None,
+                 "position_ids": batch["position_ids"]}
+    dense = create_causal_mask(config=model.config, **mask_args)  # sdpa: the block-diagonal L x L mask
+    assert dense.shape == (1, 1, boundaries[-1], boundaries[-1])
+
+    calls = []
+
+    def varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale=None, causal=False):
+        calls.append(cu_seqlens_q.tolist())
+        out = torch.empty_like(q)
+        cuts = cu_seqlens_q.tolist()
+        for start, end in zip(cuts[:-1], cuts[1:]):
+            head_first = [t[start:end].transpose(0, 1)[None] for t in (q, k, v)]
+            out[start:end] = F.scaled_dot_product_attention(*head_first, is_causal=causal, scale=softmax_scale,
+                                                            enable_gqa=True)[0].transpose(0, 1)
+        return out
+
+    for name in ("_loaded_implementation", "_flash_fn", "_flash_varlen_fn", "_flash_with_kvcache_fn", "_pad_fn",
+                 "_unpad_fn", "_process_flash_kwargs_fn"):
+        monkeypatch.setattr(flash_utils, name, getattr(flash_utils, name))  # restored after the test
+    monkeypatch.setattr(flash_utils, "_loaded_implementation", None)
+    monkeypatch.setattr(flash_utils, "_lazy_imports", lambda *a, **k: (None, varlen, None, flash_utils._pad_input,
+                                                                        flash_utils._unpad_input))
+    with torch.no_grad():
+        dense_loss = model(**batch).loss
+        crossed_loss = model(input_ids=batch["input_ids"], labels=batch["labels"]).loss  # chains see each other
+        monkeypatch.setattr(model.config, "_attn_implementation", "flash_attention_2")
+        assert create_causal_mask(config=model.config, **mask_args) is None  # no dense mask at all
+        varlen_loss = model(**batch).loss
+    assert calls == [boundaries] * model.config.num_hidden_layers  # every layer got the chains' boundaries
+    assert torch.allclose(varlen_loss, dense_loss, atol=1e-5)  # the same attention as the block-diagonal mask
+    assert not torch.allclose(crossed_loss, dense_loss, atol=1e-3)  # which the boundaries do change
+
+
 # ------------------------------------------------------------------------------ train + resume
 class Killed(Exception):
     pass
@@ -147,13 +248,28 @@ def recording(monkeypatch, kill_at_step=None):
     return record
 
 
+def tensorboard_scalars(store, prefix: str, tag: str, tmp_path) -> dict[int, float]:
+    """step -> value of one TensorBoard scalar, read from the event files under prefix in the store."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    local = tmp_path / "tb"
+    for key in store.list(prefix):
+        store.download_file(key, local / key)
+    accumulator = EventAccumulator(str(local / prefix))
+    accumulator.Reload()
+    return {event.step: event.value for event in accumulator.Scalars(tag)}
+
+
 def test_sft_trains_and_commits_a_bf16_model_with_its_chat_template(tmp_path, tiny_model_dir):
+    from fathom_jobs import training
+
     job = sft_job(tmp_path, tiny_model_dir, maxSteps=5)
     sft.run(job)
     store = store_for(job.output)
     manifest = store.read_manifest()
     assert manifest is not None and {"model.safetensors", "config.json", "tokenizer.json",
                                      "chat_template.jinja"} <= set(manifest.files)
+    assert not any(path.startswith("logs/") for path in manifest.files)  # the logs sit beside the model
     local = tmp_path / "final"
     store.download_dir("", local)
     weights = load_file(str(local / "model.safetensors"))
@@ -168,7 +284,11 @@ def test_sft_trains_and_commits_a_bf16_model_with_its_chat_template(tmp_path, ti
     progress = store.read_json("progress.json")
     assert progress["step"] == 5 and progress["total"] == 5 and progress["loss"] > 0 and progress["tokensPerSecond"] > 0
     committed = sorted(k.split("/")[1] for k in store.list("checkpoints") if k.endswith("_MANIFEST.json"))
-    assert committed == ["step-4", "step-5"]  # every 2 steps and the last one, pruned to keepCheckpoints=2
+    assert committed == ["step-2", "step-4"]  # every 2 steps; the last step is the final model, not a checkpoint
+    assert not list((training.work_dir(job) / "trainer").glob("checkpoint-*"))  # local copies gone once uploaded
+    # TensorBoard (the default reportTo): every step's loss, in the store under logs/attempt-<N>/
+    losses = tensorboard_scalars(store, "logs/attempt-0", "train/loss", tmp_path)
+    assert sorted(losses) == [1, 2, 3, 4, 5] and losses[5] == pytest.approx(metrics["finalLoss"], rel=1e-4)
     sft.run(job)  # memoized: the same inputs are not trained again
     assert store.read_manifest().created == manifest.created
 
@@ -196,14 +316,14 @@ def test_killed_run_resumes_at_the_same_step_and_data_position(tmp_path, tiny_mo
     a = load_file(str(tmp_path / "a" / "store" / "sft" / "model.safetensors"))
     b = load_file(str(tmp_path / "b" / "store" / "sft" / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert [k.split("/")[1] for k in store.list("checkpoints") if k.endswith("_MANIFEST.json")] == ["step-4"]
+    assert [k.split("/")[1] for k in store.list("checkpoints") if k.endswith("_MANIFEST.json")] == ["step-2"]
 
 
 # ---------------------------------------------------------------------------------- DeepSpeed
 @pytest.mark.slow
 @pytest.mark.parametrize("stage", ["zero2", "zero3"])
 def test_deepspeed_single_process_through_the_cli(tmp_path, tiny_model_dir, stage):
-    job = sft_job(tmp_path, tiny_model_dir, deepspeed=stage, maxSteps=5, saveSteps=5)
+    job = sft_job(tmp_path, tiny_model_dir, deepspeed=stage, maxSteps=5, saveSteps=3)
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -214,9 +334,9 @@ def test_deepspeed_single_process_through_the_cli(tmp_path, tiny_model_dir, stag
     assert result.returncode == 0, result.stderr[-3000:]
     store = store_for(job.output)
     assert store.read_json("metrics.json")["steps"] == 5
-    assert latest_checkpoint(store)[0] == 5
-    checkpoint = store.read_manifest("checkpoints/step-5").files
-    assert any(path.startswith("global_step5/") for path in checkpoint)  # DeepSpeed's optimizer shards
+    assert latest_checkpoint(store)[0] == 3  # none at the last step: the final model is saved once
+    checkpoint = store.read_manifest("checkpoints/step-3").files
+    assert any(path.startswith("global_step3/") for path in checkpoint)  # DeepSpeed's optimizer shards
     weights = load_file(str(tmp_path / "store" / "sft" / "model.safetensors"))
     base = load_file(str(tiny_model_dir / "model.safetensors"))
     assert {k: v.shape for k, v in weights.items()} == {k: v.shape for k, v in base.items()}
@@ -276,6 +396,7 @@ def _node_process(rank: int, port: int, store_uri: str, local_root: str) -> None
     local = Path(local_root) / f"node{rank}" / "checkpoint-7"
     (local / "global_step7").mkdir(parents=True)
     (local / "global_step7" / f"zero_pp_rank_{rank}_optim_states.pt").write_bytes(bytes([rank]) * 100)
+    (local / "latest").write_text(f"global_step7 from node {rank}")  # a file every node writes
     if rank == 0:
         (local / "trainer_state.json").write_text('{"global_step": 7}')
     upload_checkpoint(store_for(store_uri), 7, local, keep=2, extra={"fingerprint": "f"})
@@ -298,8 +419,11 @@ def test_a_checkpoint_holds_the_shards_of_every_node(tmp_path):
         assert process.exitcode == 0
     store = store_for(uri)
     manifest = store.read_manifest("checkpoints/step-7")
-    assert set(manifest.files) == {"trainer_state.json", "global_step7/zero_pp_rank_0_optim_states.pt",
+    assert set(manifest.files) == {"trainer_state.json", "latest", "global_step7/zero_pp_rank_0_optim_states.pt",
                                    "global_step7/zero_pp_rank_1_optim_states.pt"}
     assert manifest.extra == {"step": 7, "fingerprint": "f", "nodes": 2}
     store.download_dir("checkpoints/step-7", tmp_path / "resumed")  # verified against the manifest
     assert (tmp_path / "resumed" / "global_step7" / "zero_pp_rank_1_optim_states.pt").read_bytes() == b"\x01" * 100
+    assert (tmp_path / "resumed" / "latest").read_text() == "global_step7 from node 0"  # the first node's copy
+    # Committed: both nodes deleted their local copies.
+    assert not (tmp_path / "node0" / "checkpoint-7").exists() and not (tmp_path / "node1" / "checkpoint-7").exists()

@@ -69,7 +69,7 @@ def rs_with_trl_defaults():
 
 def test_rs_example_flags_the_colocated_grpo():
     fc = forecast(rs_with_trl_defaults())
-    assert [p.path for p in fc.problems] == ["spec.stages[6].vllmGpuMemoryUtilization"]
+    assert [p.path for p in fc.problems] == ["spec.stages[5].vllmGpuMemoryUtilization"]
     assert "24.0 GB (0.3 × 80 GB) for 29.5 GB of weights" in fc.problems[0].problem.message
     assert any("does not fit as configured" in b for b in row(fc, "grpo-compress").basis)
     assert not forecast(recipe("fathom-r1-14b")).problems
@@ -82,7 +82,7 @@ def test_validation_rejects_trls_colocate_defaults_until_the_knobs_are_set():
     with pytest.raises(RecipeInvalid) as err:
         validate_document(document)
     assert [str(e) for e in err.value.errors] == [
-        "spec.stages[6].vllmGpuMemoryUtilization: GRPO colocated vLLM gets 24.0 GB (0.3 × 80 GB) for 29.5 GB of "
+        "spec.stages[5].vllmGpuMemoryUtilization: GRPO colocated vLLM gets 24.0 GB (0.3 × 80 GB) for 29.5 GB of "
         "weights + 1.2 GB KV cache of one 6,200-token sequence + 1.5 GB overhead; set vllmGpuMemoryUtilization "
         "≥ 0.45 or vllmTensorParallelSize: 2"]
     for knob in ({"vllmGpuMemoryUtilization": 0.45}, {"vllmTensorParallelSize": 2}):
@@ -118,23 +118,24 @@ def test_tiny_cpu_example():
 def test_counts_flow_from_hints_and_measured_values_replace_them():
     base = forecast(recipe("fathom-r1-14b"))
     hinted = forecast(recipe("fathom-r1-14b"), hints={"corpus": {"problems": 50_000}})
-    assert row(hinted, "solve-6k").gpu_hours < row(base, "solve-6k").gpu_hours
-    assert row(hinted, "solve-6k").basis[0] == "problems 50,000 (corpus hinted)"
+    assert row(hinted, "solve").gpu_hours < row(base, "solve").gpu_hours
+    assert row(hinted, "solve").basis[0] == "problems 50,000 (corpus hinted)"
     assert row(hinted, "curriculum-set").basis[-3].startswith("rows 2,500 (corpus hinted x keepFraction 0.05")
     both = forecast(recipe("fathom-r1-14b"), hints={"corpus": {"problems": 50_000}},
                     measured={"corpus": {"problems": 20_000}})
     assert row(both, "corpus").basis[0] == "problems 20,000 measured"
-    assert row(both, "solve-6k").gpu_hours < row(hinted, "solve-6k").gpu_hours
+    assert row(both, "solve").gpu_hours < row(hinted, "solve").gpu_hours
 
 
 def test_measured_gpu_hours_and_mean_tokens():
-    fc = forecast(recipe("fathom-r1-14b-rs"), measured={"solve-6k": {"gpuHours": 123.45, "meanTokens": 2500}})
-    solve = row(fc, "solve-6k")
+    fc = forecast(recipe("fathom-r1-14b-rs"), measured={"solve": {"gpuHours": 123.45, "meanTokens": 2500}})
+    solve = row(fc, "solve")
     assert (solve.gpu_hours, solve.usd) == (123.45, pytest.approx(123.45 * 2.83, abs=0.01))
     assert solve.basis[0] == "GPU-hours 123.45 measured"
-    # GRPO samples the same model (base) at the same cap: the measured mean replaces the prior.
+    # GRPO samples the same model (base): the mean measured at 16,384 tokens, refitted to GRPO's 6,000-token cap,
+    # replaces the prior.
     grpo = row(fc, "grpo-compress")
-    assert any("from solve-6k's measured 2,500 at cap 6,000" in b for b in grpo.basis)
+    assert any("from solve's measured 2,500 at cap 16,384" in b for b in grpo.basis)
     assert grpo.gpu_hours < row(forecast(recipe("fathom-r1-14b-rs")), "grpo-compress").gpu_hours
 
 
@@ -142,7 +143,7 @@ def test_measured_gpu_hours_and_mean_tokens():
     ({"corpus": {"problems": -5}}, ("corpus", "problems")),
     ({"corpus": {"problems": "lots"}}, ("corpus", "problems")),
     ({"rl-set": {"keepFraction": 1.5}}, ("rl-set", "keepFraction")),
-    ({"solve-6k": {"meanTokens": 0}}, ("solve-6k", "meanTokens")),
+    ({"solve": {"meanTokens": 0}}, ("solve", "meanTokens")),
     ({"corpus": {"problem": 5}}, ("corpus", "problem")),
 ])
 def test_bad_hints_are_rejected_with_their_path(hints, loc):
@@ -166,7 +167,7 @@ def test_unknown_gpu_product_is_a_warning():
 
     fc = forecast(recipe("fathom-r1-14b", z900))
     assert any("unknown GPU product 'NVIDIA-Z900'" in w and "assuming NVIDIA-H100-80GB-HBM3" in w for w in fc.warnings)
-    assert row(fc, "solve-6k").gpu_hours == row(forecast(recipe("fathom-r1-14b")), "solve-6k").gpu_hours
+    assert row(fc, "solve").gpu_hours == row(forecast(recipe("fathom-r1-14b")), "solve").gpu_hours
 
 
 def test_faster_gpu_forecasts_fewer_gpu_hours():
@@ -174,7 +175,7 @@ def test_faster_gpu_forecasts_fewer_gpu_hours():
         document["spec"]["nodePools"]["h100"]["nodeSelector"]["nvidia.com/gpu.product"] = "NVIDIA-H200"
 
     fast, slow = forecast(recipe("fathom-r1-14b", h200)), forecast(recipe("fathom-r1-14b"))
-    assert row(fast, "solve-16k").gpu_hours < row(slow, "solve-16k").gpu_hours
+    assert row(fast, "solve").gpu_hours < row(slow, "solve").gpu_hours
     assert not any("unknown GPU" in w for w in fast.warnings)
 
 
@@ -188,7 +189,7 @@ def test_calibration_replaces_cited_efficiencies_for_its_gpu_only():
     assert row(forecast(recipe("fathom-r1-14b"), calibration=other), "sft-shortest") == row(plain, "sft-shortest")
     decode = parse_calibration({**doc_, "decode": {"tokensPerSecondPerGpu": {"6000": 1000.0}}})
     slow = forecast(recipe("fathom-r1-14b"), calibration=decode)
-    assert row(slow, "solve-6k").gpu_hours > row(plain, "solve-6k").gpu_hours
+    assert row(slow, "solve").gpu_hours > row(plain, "solve").gpu_hours
 
 
 def test_budget_and_remaining():
@@ -208,7 +209,7 @@ def test_json_form_and_determinism():
     assert set(data) == {"recipe", "stages", "total", "budgetUSD", "warnings", "problems"}
     assert set(data["stages"][0]) >= {"name", "gpuHours", "usd", "wallSeconds", "basis", "gpusPerPod"}
     assert data["total"]["usd"] == first.usd
-    assert data["problems"][0]["path"] == "spec.stages[6].vllmGpuMemoryUtilization"
+    assert data["problems"][0]["path"] == "spec.stages[5].vllmGpuMemoryUtilization"
 
 
 def test_the_recipe_is_not_modified():

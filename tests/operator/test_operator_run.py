@@ -12,6 +12,8 @@ from datetime import timedelta
 
 import pytest
 
+from fathom_operator.render import job_name
+from tests.support.helpers import TWO_PASSES
 from tests.support.operator_harness import (
     JOBS,
     SERVICES,
@@ -36,8 +38,12 @@ pytestmark = [pytest.mark.kmock(cls=Cluster), pytest.mark.asyncio, pytest.mark.t
 NAME = "fathom-r1-14b"
 
 
+UID: dict[str, str] = {}  # the recipe's uid, once the API server gave it one
+
+
 def job(stage: str, attempt: int = 0) -> str:
-    return f"{NAME}-{stage}-{attempt}"
+    """The Job name: fathom-r1-14b and its stages hold '-', so the name carries a hash of the recipe's UID."""
+    return job_name(NAME, stage, attempt, uid=UID["uid"])
 
 
 # (hour, action, stage, Jobs that must exist afterwards, once the operator has seen the action)
@@ -103,7 +109,8 @@ async def test_fathom_r1_14b_runs_to_ready_in_dependency_order_with_exact_cost(c
     outputs = tmp_path / "store" / "fathom-runs" / "ml" / NAME  # s3://fathom-runs/ml/<recipe>/ on local disk
     ctl = JobController(cluster)
     async with operator(config):
-        await apply(cluster, recipe_doc(name=NAME))
+        await apply(cluster, recipe_doc(name=NAME, example_file=TWO_PASSES))  # two parallel samplers
+        UID["uid"] = recipe(cluster, "ml", NAME)["metadata"]["uid"]
         for hour, action, stage, expected in TIMELINE:
             if (action, stage) == ("succeed", "eval"):  # the eval Job's last words
                 (outputs / "eval").mkdir(parents=True, exist_ok=True)

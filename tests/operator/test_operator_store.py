@@ -40,7 +40,7 @@ def recipe(tmp_path):
 
 def test_memo_hits_exactly_when_the_job_side_fingerprint_matches(recipe, tmp_path, monkeypatch):
     spec = recipe.spec
-    upstream = f"file://{tmp_path}/runs/ml/fathom-r1-14b/solve-6k/"
+    upstream = f"file://{tmp_path}/runs/ml/fathom-r1-14b/solve/"
     commit(upstream, {"data/part-00000.parquet": "samples"}, tmp_path)
     stage = stage_by_name(spec, "curriculum-set")
     job = job_spec(recipe, stage, 0, "ml")
@@ -81,7 +81,7 @@ def test_memo_inputs_follow_each_stage_types_job(recipe):
     root = spec.storage.uri
     assert stage_inputs("prepare", params["corpus"]) == [
         "hf://open-r1/OpenR1-Math-220k", "hf://AI-MO/NuminaMath-1.5", "aime25", "hmmt25", "gpqa-diamond"]
-    assert stage_inputs("solve-rate", params["solve-6k"]) == [
+    assert stage_inputs("solve-rate", params["solve"]) == [
         f"{root}/ml/fathom-r1-14b/difficulty/", "hf://deepseek-ai/DeepSeek-R1-Distill-Qwen-14B"]
     assert stage_inputs("eval", params["eval"])[-3:] == ["aime25", "hmmt25", "gpqa-diamond"]
 

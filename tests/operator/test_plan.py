@@ -16,8 +16,9 @@ import pytest
 from fathom_operator import plan as planning
 from fathom_operator.kube import merge_patch
 from fathom_operator.observe import observe_job, observe_pod
+from fathom_operator.render import job_name
 from fathom_operator.store_reader import Fact
-from tests.support.helpers import example, stage_index
+from tests.support.helpers import TWO_PASSES, example, stage_index
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
 NAME, NS = "fathom-r1-14b", "ml"
@@ -29,7 +30,7 @@ def ts(at: datetime) -> str:
 
 class Sim:
     def __init__(self, doc: dict[str, Any] | None = None, **spec: Any) -> None:
-        self.doc = doc or example("fathom-r1-14b.yaml")
+        self.doc = doc or example(TWO_PASSES)
         self.doc["spec"].setdefault("cache", False)
         self.doc["spec"].update(spec)
         self.jobs: dict[str, dict[str, Any]] = {}
@@ -140,6 +141,11 @@ class Sim:
         return at
 
 
+def jn(stage: str, attempt: int = 0) -> str:
+    """The name of a Job of this module's recipe (uid-1): render.job_name, hash included."""
+    return job_name(NAME, stage, attempt, uid="uid-1")
+
+
 def created(result: planning.Plan) -> list[str]:
     return [o["metadata"]["name"] for objects in result.create for o in objects if o["kind"] == "Job"]
 
@@ -147,19 +153,19 @@ def created(result: planning.Plan) -> list[str]:
 def test_a_new_recipe_starts_only_its_first_stage():
     sim = Sim()
     result = sim.step()
-    assert created(result) == [f"{NAME}-corpus-0"]
+    assert created(result) == [jn('corpus', 0)]
     assert sim.stage("corpus")["phase"] == "Waiting" and sim.stage("difficulty")["phase"] == "Pending"
     assert sim.status["phase"] == "Running" and sim.status["currentStage"] == "corpus"
-    assert ("Normal", "JobCreated", f"corpus: attempt 0, Job {NAME}-corpus-0") in sim.events
+    assert ("Normal", "JobCreated", f"corpus: attempt 0, Job {jn('corpus', 0)}") in sim.events
 
 
 def test_stages_start_when_all_their_inputs_succeeded_and_never_before():
     sim = Sim()
     at = sim.run_through(["corpus", "difficulty"], T0)
-    assert set(created(sim.last)) == {f"{NAME}-solve-6k-0", f"{NAME}-solve-16k-0"}
+    assert set(created(sim.last)) == {jn('solve-6k', 0), jn('solve-16k', 0)}
     sim.start("solve-6k", at), sim.start("solve-16k", at)
     sim.succeed("solve-6k", at + timedelta(hours=1))
-    assert created(sim.step(at=at + timedelta(hours=1))) == [f"{NAME}-curriculum-set-0"]
+    assert created(sim.step(at=at + timedelta(hours=1))) == [jn('curriculum-set', 0)]
     assert sim.stage("shortest-set")["phase"] == "Pending"
     assert sim.stage("shortest-set")["message"] == "waiting for solve-16k"
 
@@ -180,7 +186,7 @@ def test_running_cost_is_live_and_finished_cost_is_kept_when_jobs_vanish():
     assert sim.stage("solve-6k")["gpuHours"] == 16.0 and sim.stage("solve-6k")["costUSD"] == 45.28
     corpus_cost = sim.stage("corpus")["costUSD"]
     assert corpus_cost == 0.16  # 1 h x 4 CPUs x $0.04
-    del sim.jobs[f"{NAME}-corpus-0"], sim.pods[f"{NAME}-corpus-0-0"]  # TTL controller, a user, ...
+    del sim.jobs[jn('corpus', 0)], sim.pods[f"{jn('corpus', 0)}-0"]  # TTL controller, a user, ...
     sim.step()
     assert sim.stage("corpus")["costUSD"] == corpus_cost and sim.stage("corpus")["phase"] == "Succeeded"
     assert sim.status["cost"]["usd"] == 45.60  # corpus and difficulty 1 h each, plus the live sampler
@@ -200,7 +206,7 @@ def test_failed_attempts_retry_with_exponential_backoff_then_fail_with_the_pods_
         assert sim.last.requeue_after == wait
         assert not created(sim.step(at=at + timedelta(seconds=wait - 1)))
         at += timedelta(seconds=wait)
-        assert created(sim.step(at=at)) == [f"{NAME}-corpus-{attempt + 1}"]
+        assert created(sim.step(at=at)) == [jn('corpus', attempt + 1)]
     sim.start("corpus", at)
     sim.fail("corpus", at + timedelta(minutes=10), message="ValueError: bad row 2")
     sim.step(at=at + timedelta(minutes=10))
@@ -224,7 +230,7 @@ def test_preemption_retries_at_once_without_using_the_retry_budget():
     for n in range(3):  # more preemptions than retries: still fine
         at += timedelta(minutes=15)
         sim.preempt("solve-6k", at)
-        assert created(sim.step(at=at)) == [f"{NAME}-solve-6k-{n + 1}"]
+        assert created(sim.step(at=at)) == [jn('solve-6k', n + 1)]
         sim.start("solve-6k", at)
     sim.step()
     st = sim.stage("solve-6k")
@@ -246,7 +252,7 @@ def test_a_training_retry_resumes_from_the_newest_checkpoint_of_this_run():
     job = next(o for objects in result.create for o in objects if o["kind"] == "Job")
     document = json.loads(next(e["value"] for e in job["spec"]["template"]["spec"]["containers"][0]["env"]
                                if e["name"] == "FATHOM_JOB_SPEC"))
-    assert job["metadata"]["name"] == f"{NAME}-sft-curriculum-1" and document["resumeFrom"] == ckpt
+    assert job["metadata"]["name"] == jn('sft-curriculum', 1) and document["resumeFrom"] == ckpt
     read = next(r for r in sim.facts if r == ("checkpoint", "sft-curriculum"))
     assert sim.facts[read].value == ckpt
 
@@ -265,13 +271,13 @@ def test_budget_blocks_new_stages_and_stop_all_suspends_running_ones():
     assert not created(sim.last)
     sim.doc["spec"]["budgetPolicy"] = "stop-all"
     result = sim.step()
-    assert result.suspend == [(f"{NAME}-solve-16k-0", True)]
+    assert result.suspend == [(jn('solve-16k', 0), True)]
     sim.step()
     assert sim.stage("solve-16k")["phase"] == "Suspended" and sim.status["phase"] == "Failed"
     assert sim.condition("Failed")["reason"] == "BudgetExceeded"
     sim.doc["spec"]["budgetUSD"] = 5000  # raising the budget continues the recipe
     result = sim.step()
-    assert (f"{NAME}-solve-16k-0", False) in result.suspend and created(result) == [f"{NAME}-curriculum-set-0"]
+    assert (jn('solve-16k', 0), False) in result.suspend and created(result) == [jn('curriculum-set', 0)]
 
 
 def test_suspend_suspends_running_jobs_starts_nothing_and_resume_undoes_it():
@@ -280,13 +286,13 @@ def test_suspend_suspends_running_jobs_starts_nothing_and_resume_undoes_it():
     sim.start("corpus", T0)
     sim.doc["spec"]["suspend"] = True
     result = sim.step(at=T0 + timedelta(minutes=5))
-    assert result.suspend == [(f"{NAME}-corpus-0", True)]
+    assert result.suspend == [(jn('corpus', 0), True)]
     sim.succeed("corpus", T0 + timedelta(minutes=5))  # it finished just before the suspend landed
     assert not created(sim.step())
     assert sim.status["phase"] == "Suspended" and sim.condition("Suspended")["status"] == "True"
     assert sim.stage("difficulty")["message"].startswith("held: the recipe is suspended")
     sim.doc["spec"]["suspend"] = False
-    assert created(sim.step()) == [f"{NAME}-difficulty-0"]
+    assert created(sim.step()) == [jn('difficulty', 0)]
     assert ("Normal", "Resumed", "spec.suspend is false: resuming") in sim.events
 
 
@@ -300,7 +306,7 @@ def test_kueue_jobs_wait_in_the_queue_and_are_not_unsuspended_by_the_operator():
 
 
 def test_an_invalid_recipe_gets_the_field_path_and_no_jobs():
-    doc = example("fathom-r1-14b.yaml")
+    doc = example(TWO_PASSES)
     doc["spec"]["stages"][stage_index(doc, "sft-curriculum")]["data"] = "curriculum-sett"
     sim = Sim(doc)
     result = sim.step()
@@ -325,8 +331,8 @@ def test_editing_a_stage_reruns_it_and_its_downstream_and_keeps_the_rest():
     after = {n: s["fingerprint"] for n, s in sim.status["stages"].items()}
     changed = {n for n in after if after[n] != before[n]}
     assert changed == {"curriculum-set", "sft-curriculum", NAME, "eval"}
-    assert ("Job", f"{NAME}-sft-curriculum-0") in result.delete  # running with the old inputs
-    assert created(result) == [f"{NAME}-curriculum-set-1"]  # attempt numbers keep counting
+    assert ("Job", jn('sft-curriculum', 0)) in result.delete  # running with the old inputs
+    assert created(result) == [jn('curriculum-set', 1)]  # attempt numbers keep counting
     assert sim.stage("sft-shortest")["phase"] == "Running" and sim.stage("solve-6k")["phase"] == "Succeeded"
     history = sim.stage("sft-curriculum")["history"]
     assert [r["outcome"] for r in history] == ["Superseded"] and history[0]["gpuHours"] == 16.0
@@ -347,7 +353,7 @@ def test_memoized_stage_is_cached_with_no_job_and_no_cost():
     assert sim.stage("corpus")["phase"] == "Cached" and sim.stage("corpus")["costUSD"] == 0.0
     # Each stage is checked just before it would start; a cached one's metrics are read like a finished one's.
     assert asked == [("memo", "corpus"), ("metrics", "corpus"), ("memo", "difficulty")]
-    assert created(result) == [f"{NAME}-difficulty-0"]
+    assert created(result) == [jn('difficulty', 0)]
     assert ("Normal", "StageCached", "corpus: the store already holds this output; no Job needed") in sim.events
 
 
@@ -465,7 +471,7 @@ def test_a_running_job_deleted_behind_the_operators_back_keeps_its_cost_and_is_r
     st = sim.stage("solve-6k")
     assert st["history"][-1]["outcome"] == "Preempted" and "disappeared" in st["history"][-1]["message"]
     assert st["gpuHours"] == 32.0 and st["wastedGPUHours"] == 32.0 and st["failures"] == 0
-    assert created(result) == [f"{NAME}-solve-6k-1"]
+    assert created(result) == [jn('solve-6k', 1)]
 
 
 def test_every_status_the_planner_writes_fits_the_crd_schema():
@@ -480,14 +486,14 @@ def test_every_status_the_planner_writes_fits_the_crd_schema():
     sim.preempt("solve-6k", at + timedelta(minutes=20))
     sim.fail("solve-16k", at + timedelta(minutes=30))
     sim.step(at=at + timedelta(hours=1))
-    for status in (sim.status, Sim(doc={**example("fathom-r1-14b.yaml"), "spec": {**example("fathom-r1-14b.yaml")["spec"],
+    for status in (sim.status, Sim(doc={**example(TWO_PASSES), "spec": {**example(TWO_PASSES)["spec"],
                                                                                     "stages": []}}).step().status):
         jsonschema.validate(status, schema)
     assert sim.condition("BudgetExceeded")["status"] == "True"
 
 
 def test_a_recipe_name_too_long_for_a_label_is_invalid_before_any_job():
-    parsed = planning.parse("r" * 64, NS, example("fathom-r1-14b.yaml")["spec"])
+    parsed = planning.parse("r" * 64, NS, example(TWO_PASSES)["spec"])
     assert [str(e) for e in parsed] == [
         "metadata.name: 64 characters; at most 63 for a recipe the operator runs (its Jobs carry it in the "
         "fathom.dev/recipe label)"]

@@ -104,3 +104,19 @@ def test_the_reference_has_a_section_per_row():
     text = (ROOT / "docs" / "recipe-reference.md").read_text()
     sections = [line.split("`type: ")[1].rstrip("`") for line in text.splitlines() if line.startswith("## `type: ")]
     assert sections == list(registry.NAMES)
+
+
+def test_runtime_fields_rerun_nothing_output_fields_do():
+    from fathom_operator.fingerprints import stage_fingerprints
+
+    def fingerprints(**sft_fields):
+        doc = example("fathom-r1-14b.yaml")
+        next(s for s in doc["spec"]["stages"] if s["name"] == "sft-curriculum").update(sft_fields)
+        return stage_fingerprints(validate_document(doc), "ns")
+
+    base = fingerprints()
+    assert fingerprints(reportTo="none", keepCheckpoints=5, collectiveTimeoutMinutes=30) == base
+    changed = fingerprints(learningRate=2e-5)
+    assert changed["sft-curriculum"] != base["sft-curriculum"]
+    assert changed["fathom-r1-14b"] != base["fathom-r1-14b"]  # downstream follows
+    assert changed["sft-shortest"] == base["sft-shortest"]

@@ -44,7 +44,10 @@ def test_every_rendered_object_validates_strictly(path, version):
 def test_one_job_per_stage_named_deterministically():
     r = recipe("fathom-r1-14b.yaml")
     jobs = [o for o in render_recipe(r) if o["kind"] == "Job"]
-    assert sorted(j["metadata"]["name"] for j in jobs) == sorted(f"fathom-r1-14b-{s.name}-0" for s in r.spec.stages)
+    assert sorted(j["metadata"]["name"] for j in jobs) == sorted(job_name(r.metadata.name, s.name, 0)
+                                                                 for s in r.spec.stages)
+    assert all(j["metadata"]["name"].startswith("fathom-r1-14b-") and
+               j["metadata"]["name"].endswith(f"-{j['metadata']['labels']['fathom.dev/stage']}-0") for j in jobs)
     assert render_recipe(r) == render_recipe(r)
 
 
@@ -54,7 +57,7 @@ def test_long_names_are_hash_shortened_and_stay_unique():
     b = job_name(long_recipe + "x", "sft-curriculum", 0)
     assert len(a) <= 63 and len(b) <= 63 and a != b
     assert a.endswith("-sft-curriculum-0") and a == job_name(long_recipe, "sft-curriculum", 0)
-    assert job_name("short", "sft", 3) == "short-sft-3"
+    assert job_name("short", "sft", 3) == "short-sft-3"  # one way to read it: the plain form
 
 
 def test_gpu_stage_placement_requests_and_security():
@@ -92,19 +95,19 @@ def test_credentials_only_by_reference():
 
 def test_multi_node_training_is_an_indexed_job_with_a_headless_service():
     job, service = render_stage(recipe("fathom-r1-14b.yaml"), "sft-shortest", 1)
-    assert job["metadata"]["name"] == "fathom-r1-14b-sft-shortest-1"
+    assert job["metadata"]["name"] == job_name("fathom-r1-14b", "sft-shortest", 1, 61)
     assert job["spec"]["completionMode"] == "Indexed" and job["spec"]["completions"] == 2 == job["spec"]["parallelism"]
     assert job["spec"]["template"]["spec"]["subdomain"] == service["metadata"]["name"]
     assert service["spec"]["clusterIP"] == "None" and service["spec"]["publishNotReadyAddresses"] is True
     assert service["spec"]["selector"] == {"batch.kubernetes.io/job-name": job["metadata"]["name"]}
     env = env_of(job)
-    assert env["MASTER_ADDR"]["value"] == f"fathom-r1-14b-sft-shortest-1-0.{service['metadata']['name']}"
+    assert env["MASTER_ADDR"]["value"] == f"{job['metadata']['name']}-0.{service['metadata']['name']}"
     assert env["NNODES"]["value"] == "2" and env["NPROC_PER_NODE"]["value"] == "8"
     assert "job-completion-index" in env["NODE_RANK"]["valueFrom"]["fieldRef"]["fieldPath"]
 
 
 def test_sharded_sampling_is_an_indexed_job_without_service():
-    objects = render_stage(recipe("fathom-r1-14b.yaml"), "solve-6k", 0)
+    objects = render_stage(recipe("fathom-r1-14b.yaml"), "solve", 0)
     assert len(objects) == 1
     job = objects[0]
     assert job["spec"]["completionMode"] == "Indexed" and job["spec"]["completions"] == 4

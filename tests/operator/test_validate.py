@@ -34,7 +34,7 @@ def test_plan_orders_stages_after_their_inputs():
     level = {name: int(depth.rstrip(".")) for depth, name in lines}
     assert level["corpus"] == 1 and level["difficulty"] == 2
     assert level["grpo-compress"] < level["sft-shortest"] < level["fathom-r1-14b-rs"] < level["eval"]
-    assert level["solve-6k"] == level["solve-16k"]
+    assert level["solve"] < level["curriculum-set"] == level["rl-set"] == level["shortest-set"]
 
 
 def _edit(name: str, change: Callable[[dict], None]) -> dict:
@@ -52,72 +52,72 @@ RS = "fathom-r1-14b-rs.yaml"
 # (id, example, edit, expected error line)
 BROKEN = [
     ("missing-stage-ref", R1, lambda d: _stage(d, "sft-curriculum").update(data="curriculum-sett"),
-     'spec.stages[6].data: no stage named "curriculum-sett" (did you mean "curriculum-set"?)'),
+     'spec.stages[5].data: no stage named "curriculum-sett" (did you mean "curriculum-set"?)'),
     ("dataset-where-model-needed", R1, lambda d: _stage(d, "sft-shortest").update(model="shortest-set"),
-     'spec.stages[7].model: stage "shortest-set" (curate) produces chains; expected model'),
+     'spec.stages[6].model: stage "shortest-set" (curate) produces chains; expected model'),
     ("model-where-dataset-needed", R1, lambda d: _stage(d, "curriculum-set").update(data="sft-shortest"),
-     'spec.stages[4].data: stage "sft-shortest" (sft) produces model; expected samples'),
+     'spec.stages[3].data: stage "sft-shortest" (sft) produces model; expected samples'),
     ("prompts-are-not-sft-data", RS, lambda d: _stage(d, "sft-curriculum").update(data="rl-set"),
-     'spec.stages[8].data: stage "rl-set" (curate) produces prompts; expected chains'),
+     'spec.stages[7].data: stage "rl-set" (curate) produces prompts; expected chains'),
     ("cycle", R1, lambda d: _stage(d, "corpus").update(type="annotate", data="difficulty",
                                                           sources=None, decontaminate=None) or
      [_stage(d, "corpus").pop(k) for k in ("sources", "decontaminate")],
      "spec.stages[0].data: cycle: corpus -> difficulty -> corpus"),
-    ("duplicate-name", R1, lambda d: _stage(d, "solve-16k").update(name="solve-6k"),
-     'spec.stages[3].name: duplicate stage name "solve-6k" (first at spec.stages[2])'),
+    ("duplicate-name", R1, lambda d: _stage(d, "shortest-set").update(name="curriculum-set"),
+     'spec.stages[4].name: duplicate stage name "curriculum-set" (first at spec.stages[3])'),
     ("non-dns-name", R1, lambda d: _stage(d, "eval").update(name="Eval_All"),
-     "spec.stages[9].name: \"Eval_All\" is not a DNS-1123 label (lowercase letters, digits and '-', alphanumeric at both ends)"),
+     "spec.stages[8].name: \"Eval_All\" is not a DNS-1123 label (lowercase letters, digits and '-', alphanumeric at both ends)"),
     ("name-too-long", R1, lambda d: _stage(d, "eval").update(name="e" * 41),
-     f'spec.stages[9].name: "{"e" * 41}" is 41 characters; at most 40 so Job names <recipe>-<stage>-<attempt> fit in 63'),
+     f'spec.stages[8].name: "{"e" * 41}" is 41 characters; at most 40 so Job names <recipe>-<stage>-<attempt> fit in 63'),
     ("reserved-name", R1, lambda d: _stage(d, "eval").update(name="base"),
-     'spec.stages[9].name: "base" is reserved for spec.baseModel'),
+     'spec.stages[8].name: "base" is reserved for spec.baseModel'),
     ("unknown-pool", R1, lambda d: _stage(d, "sft-shortest").update(pool="h100s"),
-     'spec.stages[7].pool: no node pool named "h100s" (did you mean "h100"?); expected one of cpu, h100'),
+     'spec.stages[6].pool: no node pool named "h100s" (did you mean "h100"?); expected one of cpu, h100'),
     ("inverted-solve-band", R1, lambda d: _stage(d, "curriculum-set").update(select={"solveRate": {"above": 0.7, "below": 0.2}}),
-     "spec.stages[4].select.solveRate: empty band: lower bound 0.7 is not below upper bound 0.2"),
+     "spec.stages[3].select.solveRate: empty band: lower bound 0.7 is not below upper bound 0.2"),
     ("solve-rate-out-of-range", R1, lambda d: _stage(d, "shortest-set").update(select={"solveRate": {"atLeast": 0.1, "atMost": 1.4}}),
-     "spec.stages[5].select.solveRate.atMost: solve rates lie in [0, 1], got 1.4"),
+     "spec.stages[4].select.solveRate.atMost: solve rates lie in [0, 1], got 1.4"),
     ("two-lower-bounds", R1, lambda d: _stage(d, "shortest-set").update(select={"solveRate": {"above": 0.1, "atLeast": 0.1}}),
-     "spec.stages[5].select.solveRate: give one lower bound: above (exclusive) or atLeast (inclusive), not both"),
+     "spec.stages[4].select.solveRate: give one lower bound: above (exclusive) or atLeast (inclusive), not both"),
     ("difficulty-out-of-range", R1, lambda d: _stage(d, "curriculum-set").update(select={"difficulty": {"min": 11}}),
-     "spec.stages[4].select.difficulty.min: difficulty is rated 1-10, got 11"),
+     "spec.stages[3].select.difficulty.min: difficulty is rated 1-10, got 11"),
     ("difficulty-inverted", R1, lambda d: _stage(d, "curriculum-set").update(select={"difficulty": {"min": 8, "max": 3}}),
-     "spec.stages[4].select.difficulty: min 8 is above max 3"),
+     "spec.stages[3].select.difficulty: min 8 is above max 3"),
     ("negative-merge-weight", R1, lambda d: _stage(d, "fathom-r1-14b")["models"][1].update(weight=-0.5),
-     "spec.stages[8].models[1].weight: linear merge weights must be >= 0, got -0.5"),
+     "spec.stages[7].models[1].weight: linear merge weights must be >= 0, got -0.5"),
     ("zero-merge-weights", R1, lambda d: [m.update(weight=0) for m in _stage(d, "fathom-r1-14b")["models"]],
-     "spec.stages[8].models: at least one weight must be above 0"),
-    ("zero-gpus-per-node-on-shards", R1, lambda d: _stage(d, "solve-6k").update(shards=0),
+     "spec.stages[7].models: at least one weight must be above 0"),
+    ("zero-gpus-per-node-on-shards", R1, lambda d: _stage(d, "solve").update(shards=0),
      "spec.stages[2].shards: Input should be greater than 0, got 0"),
     ("zero-nodes", R1, lambda d: _stage(d, "sft-shortest").update(nodes=0),
-     "spec.stages[7].nodes: Input should be greater than 0, got 0"),
+     "spec.stages[6].nodes: Input should be greater than 0, got 0"),
     ("more-gpus-than-the-node", R1, lambda d: _stage(d, "sft-curriculum").update(gpusPerNode=16),
-     'spec.stages[6].gpusPerNode: 16 GPUs per pod, but pool "h100" nodes have 8'),
-    ("vllm-on-cpu", R1, lambda d: _stage(d, "solve-6k").update(pool="cpu"),
+     'spec.stages[5].gpusPerNode: 16 GPUs per pod, but pool "h100" nodes have 8'),
+    ("vllm-on-cpu", R1, lambda d: _stage(d, "solve").update(pool="cpu"),
      'spec.stages[2].engine: vLLM needs GPUs, but the stage has none (pool "cpu"); use the transformers engine or a GPU pool'),
     ("shards-on-training", R1, lambda d: _stage(d, "sft-curriculum").update(shards=2),
-     "spec.stages[6].shards: only sampling stages (annotate, eval, solve-rate) are sharded"),
+     "spec.stages[5].shards: only sampling stages (annotate, eval, solve-rate) are sharded"),
     ("nodes-on-sampling", R1, lambda d: _stage(d, "eval").update(nodes=2),
-     "spec.stages[9].nodes: only training stages (grpo, sft) span nodes"),
+     "spec.stages[8].nodes: only training stages (grpo, sft) span nodes"),
     ("unknown-stage-type", R1, lambda d: _stage(d, "eval").update(type="evaluate"),
-     'spec.stages[9].type: unknown stage type "evaluate"; expected one of prepare, annotate, solve-rate, curate, grpo, sft, merge, eval'),
+     'spec.stages[8].type: unknown stage type "evaluate"; expected one of prepare, annotate, solve-rate, curate, grpo, sft, merge, eval'),
     ("unknown-field", R1, lambda d: _stage(d, "sft-shortest").update(maxLenght=16384),
-     'spec.stages[7].maxLenght: unknown field "maxLenght"'),
+     'spec.stages[6].maxLenght: unknown field "maxLenght"'),
     ("wrong-type", R1, lambda d: _stage(d, "eval").update(samples="lots"),
-     "spec.stages[9].samples: Input should be a valid integer, unable to parse string as an integer, got 'lots'"),
+     "spec.stages[8].samples: Input should be a valid integer, unable to parse string as an integer, got 'lots'"),
     ("unknown-benchmark", R1, lambda d: _stage(d, "eval").update(benchmarks=["aime25", "hmmt26"]),
-     'spec.stages[9].benchmarks[1]: unknown benchmark "hmmt26" (did you mean "hmmt25"?); expected one of '
+     'spec.stages[8].benchmarks[1]: unknown benchmark "hmmt26" (did you mean "hmmt25"?); expected one of '
      "aime25, hmmt25, gpqa-diamond, aime24, amc23, gsm8k-sample or a store URI"),
     ("bad-storage-scheme", R1, lambda d: d["spec"]["storage"].update(uri="gs://bucket"),
      "spec.storage.uri: expected a URI starting with s3:// or file://, got 'gs://bucket'"),
     ("bad-model-uri", R1, lambda d: _stage(d, "sft-curriculum").update(model="gs://models/x"),
-     "spec.stages[6].model: expected a URI starting with s3:// or file:// or hf://, got 'gs://models/x'"),
+     "spec.stages[5].model: expected a URI starting with s3:// or file:// or hf://, got 'gs://models/x'"),
     ("missing-base-model", R1, lambda d: d["spec"].pop("baseModel"),
      "spec.baseModel: required field is missing"),
     ("negative-budget", R1, lambda d: d["spec"].update(budgetUSD=-5),
      "spec.budgetUSD: Input should be greater than 0, got -5"),
     ("grpo-batch-not-divisible", RS, lambda d: _stage(d, "grpo-compress").update(numGenerations=6),
-     "spec.stages[6].numGenerations: the generation batch (perDeviceBatchSize 1 x 16 processes x "
+     "spec.stages[5].numGenerations: the generation batch (perDeviceBatchSize 1 x 16 processes x "
      "gradientAccumulationSteps 8 = 128) must be divisible by numGenerations 6"),
     ("bad-secret-name", R1, lambda d: d["spec"]["storage"].update(credentialsSecret="S3_Creds"),
      "spec.storage.credentialsSecret: 'S3_Creds' is not a valid Secret name (DNS-1123 subdomain)"),
@@ -126,17 +126,17 @@ BROKEN = [
     ("wrong-kind", R1, lambda d: d.update(kind="Recipe"),
      "kind: expected FathomRecipe, got 'Recipe'"),
     ("merge-one-model", R1, lambda d: _stage(d, "fathom-r1-14b")["models"].pop(),
-     "spec.stages[8].models: List should have at least 2 items after validation, not 1"),
+     "spec.stages[7].models: List should have at least 2 items after validation, not 1"),
     ("negative-estimate-hint", R1, lambda d: _stage(d, "corpus").update(estimate={"problems": -5}),
      "spec.stages[0].estimate.problems: Input should be greater than or equal to 0, got -5"),
     ("model-info-wrong-type", R1, lambda d: d["spec"].update(modelInfo={
         "layers": "many", "hiddenSize": 5120, "attentionHeads": 40, "vocabSize": 152064, "intermediateSize": 13824}),
      "spec.modelInfo.layers: Input should be a valid integer, unable to parse string as an integer, got 'many'"),
     ("grpo-vllm-tp-not-dividing", RS, lambda d: _stage(d, "grpo-compress").update(vllmTensorParallelSize=3),
-     "spec.stages[6].vllmTensorParallelSize: 3 does not divide the pod's 8 GPUs"),
+     "spec.stages[5].vllmTensorParallelSize: 3 does not divide the pod's 8 GPUs"),
     ("grpo-vllm-too-small", RS, lambda d: _stage(d, "grpo-compress").update(
         vllmGpuMemoryUtilization=0.3, vllmEnableSleepMode=False),
-     "spec.stages[6].vllmGpuMemoryUtilization: GRPO colocated vLLM gets 24.0 GB (0.3 × 80 GB) for 29.5 GB of "
+     "spec.stages[5].vllmGpuMemoryUtilization: GRPO colocated vLLM gets 24.0 GB (0.3 × 80 GB) for 29.5 GB of "
      "weights + 1.2 GB KV cache of one 6,200-token sequence + 1.5 GB overhead; set vllmGpuMemoryUtilization ≥ 0.45 "
      "or vllmTensorParallelSize: 2"),
 ]
@@ -179,7 +179,7 @@ def test_every_error_is_reported_not_just_the_first():
     with pytest.raises(RecipeInvalid) as info:
         validate_document(doc)
     paths = {e.path for e in info.value.errors}
-    assert {"spec.stages[9].name", "spec.stages[7].pool"} <= paths
+    assert {"spec.stages[8].name", "spec.stages[6].pool"} <= paths
 
 
 @pytest.mark.parametrize("text,expected", [
@@ -225,7 +225,8 @@ def test_storage_and_pools_may_come_from_operator_defaults(tmp_path):
         "spec.nodePools: required: at least one node pool (no operator default is configured)",
     ]
     defaults = {"storage": {**storage, "uri": "s3://team-default"}, "nodePools": pools,
-                "images": {"train": "registry.example/train:1"}}
+                "images": {"train": "registry.example/train:1"},
+                "policy": {"secretNames": ["hf-token", "openai"]}}  # the admin's policy comes with the defaults
     recipe = validate_document(doc, defaults)
     assert recipe.spec.storage.uri == "s3://team-default" and recipe.spec.images.train == "registry.example/train:1"
     doc["spec"]["storage"] = {"uri": "s3://mine"}

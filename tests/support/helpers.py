@@ -11,11 +11,14 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]  # the repository root; the one definition tests import
 EXAMPLES = ROOT / "manifests" / "examples"
 EXAMPLE_FILES = sorted(EXAMPLES.glob("*.yaml"))
+RECIPES = ROOT / "tests" / "support" / "recipes"  # recipes kept for tests only (not shipped examples)
+TWO_PASSES = "fathom-r1-14b-two-passes.yaml"  # the 14B recipe with two parallel samplers, for planner tests
 
 
 def example(name: str) -> dict[str, Any]:
-    """A fresh copy of an example recipe as a plain document."""
-    return copy.deepcopy(yaml.safe_load((EXAMPLES / name).read_text()))
+    """A fresh copy of an example recipe (or of a test recipe under tests/support/recipes) as a plain document."""
+    path = EXAMPLES / name if (EXAMPLES / name).exists() else RECIPES / name
+    return copy.deepcopy(yaml.safe_load(path.read_text()))
 
 
 def stage_index(doc: dict[str, Any], name: str) -> int:

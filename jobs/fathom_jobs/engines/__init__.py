@@ -1,6 +1,7 @@
 """Sampling engines: one interface, three backends.
 
-- `vllm`: offline `vllm.LLM.generate` on GPUs (GPU images only; imported there and nowhere else).
+- `vllm`: offline `vllm.LLM.generate` on GPUs (GPU images only; imported there and nowhere else):
+  GPUs / TP engines per pod, TP the smallest that fits (`placement`, `vllm_engine`).
 - `transformers`: `model.generate` on CPU or one GPU (tests, local runs, the CPU demo).
 - `openai`: any OpenAI-compatible chat-completions endpoint (judges served elsewhere).
 
@@ -10,6 +11,12 @@ Every engine takes chat conversations (lists of {role, content}) and returns, pe
 token cap stopped the chain, `stop` otherwise. Per-conversation seeds make a conversation's
 samples independent of which other conversations share its batch, so a sharded run and an
 unsharded run draw the same chains.
+
+How a stage should call it (continuous batching): open the engine once with `engine_options` (the
+stage's vLLM knobs and a context of maxTokens + a prompt budget), then hand `generate` as many
+conversations as it can at once - `problems_per_call(samples, backend)` of them, ~8,192 chains for
+vLLM - and checkpoint after each call. vLLM keeps every engine's batch full until the call's last
+chain ends, so a call waits on its longest chain only once; a restarted pod loses at most one call.
 """
 
 from __future__ import annotations
@@ -18,7 +25,10 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+if TYPE_CHECKING:
+    from ..specs import Judge, SamplingParams
 
 Message = dict[str, str]
 Conversation = list[Message]
@@ -65,10 +75,44 @@ def chat(system_prompt: str | None, user: str) -> Conversation:
     return messages + [{"role": "user", "content": user}]
 
 
+# Chains one vLLM generate call should carry: 1,024 per engine of an 8-GPU pod, several times what
+# an engine runs at once (a 14B engine's KV cache holds ~190k tokens on an 80 GB GPU: ~30 chains at
+# 6k tokens, ~10 at 20k), so engines stay full through the tail of long chains; a call is also the
+# checkpoint, so a preempted pod redoes at most one.
+CHAINS_PER_CALL = 8192
+TRANSFORMERS_PROBLEMS_PER_CALL = 8  # no continuous batching there: small calls, frequent checkpoints
+
+
+def problems_per_call(samples: int, backend: str) -> int:
+    """Conversations to hand one `generate` call (and so one checkpoint) for k = `samples` chains each."""
+    if backend == "vllm":
+        return max(1, CHAINS_PER_CALL // max(1, samples))
+    return TRANSFORMERS_PROBLEMS_PER_CALL
+
+
+def engine_options(spec: SamplingParams | Judge, model_dir: str | Path) -> dict[str, Any]:
+    """`open_engine` options from a stage's parameters (SamplingParams or a local Judge) for a
+    local model: for vLLM its memory share, tensor parallel size (None: smallest that fits), KV cache
+    dtype, prefix caching, seed and a context of maxTokens + a prompt budget; nothing for transformers."""
+    from ..specs import SamplingParams
+    from .placement import context_length
+
+    backend = spec.engine if isinstance(spec, SamplingParams) else spec.backend
+    if backend != "vllm":
+        return {}
+    return {"seed": spec.seed if isinstance(spec, SamplingParams) else 0,
+            "max_model_len": context_length(model_dir, spec.max_tokens),
+            "gpu_memory_utilization": spec.gpu_memory_utilization,
+            "tensor_parallel_size": spec.tensor_parallel_size,
+            "kv_cache_dtype": spec.kv_cache_dtype,
+            "enable_prefix_caching": spec.enable_prefix_caching}
+
+
 def open_engine(backend: str, model: str | Path | None = None, *, gpus: int = 0,
                 endpoint: str | None = None, api_key: str | None = None, **options) -> Engine:
     """The engine for `backend`; `model` is a local model directory (vllm/transformers) or an
-    API model name (openai)."""
+    API model name (openai). vLLM runs gpus / TP engines (TP: `tensor_parallel_size`, default the
+    smallest that fits); pass `engine_options(params, model_dir)` as options."""
     if backend == "transformers":
         from .hf import TransformersEngine
 
@@ -76,7 +120,9 @@ def open_engine(backend: str, model: str | Path | None = None, *, gpus: int = 0,
     if backend == "vllm":
         from .vllm_engine import VllmEngine
 
-        return VllmEngine(model, tensor_parallel_size=max(1, gpus), **options)
+        if model is None:
+            raise ValueError("the vllm engine needs a model directory")
+        return VllmEngine(model, gpus=max(1, gpus), **options)
     if backend == "openai":
         from .openai_api import OpenAIEngine
 

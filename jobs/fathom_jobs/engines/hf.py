@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -97,4 +98,9 @@ class TransformersEngine:
         return Completion(text=text, tokens=tokens, finish_reason=reason)
 
     def close(self) -> None:
+        import torch
+
         self.model = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()

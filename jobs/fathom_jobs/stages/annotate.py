@@ -4,8 +4,11 @@ The judge is any OpenAI-compatible chat-completions endpoint (`judge.backend: op
 from $OPENAI_API_KEY, which the Job gets through envFrom) or a local model run with transformers
 or vLLM (`judge.model` is then a model reference). Replies are parsed strictly (see
 `parse_difficulty`); an unparseable or failed reply leaves `difficulty` null and keeps the reply in
-`difficulty_raw`. Rows are committed to the store every few rows (`$FATHOM_CHECKPOINT_ROWS`), so a
-restarted Job continues where the last one stopped.
+`difficulty_raw`. Rows are committed to the store after every generate call (`$FATHOM_CHECKPOINT_ROWS`
+rows overrides its size), so a restarted Job continues where the last one stopped. An API judge gets
+4 x maxConcurrency problems per call (at least 64); a local vLLM judge gets 8,192 at once, spread
+over the pod's GPUs / TP engines (continuous batching; `judge.tensorParallelSize` and friends size
+them), a transformers judge 8.
 
 HTTP client settings from the environment: FATHOM_HTTP_TIMEOUT_S (300), FATHOM_HTTP_MAX_ATTEMPTS
 (6), FATHOM_HTTP_BACKOFF_S (1.0, doubled per retry, capped at 30 s; a Retry-After header wins).
@@ -20,13 +23,13 @@ import tempfile
 from collections import Counter
 
 from ..datasets import ANNOTATED, read_dataset, require_columns, require_unique_ids
-from ..engines import EngineError, Sampling, derive_seed, open_engine
+from ..engines import EngineError, Sampling, derive_seed, engine_options, open_engine, problems_per_call
 from ..engines.openai_api import EngineConfigError
 from ..errors import StageInputError
 from ..inputs import cache_root, fetch
 from ..memo import job_output
 from ..parts import PartWriter, checkpoint_rows
-from ..specs import AnnotateParams, JobSpec
+from ..specs import AnnotateParams, JobSpec, Judge
 from ..store import ProgressWriter, write_metrics
 
 log = logging.getLogger("fathom_jobs.annotate")
@@ -88,7 +91,14 @@ def build_engine(params: AnnotateParams, job: JobSpec):
                            max_attempts=int(_env_number("FATHOM_HTTP_MAX_ATTEMPTS", 6)),
                            backoff_base_s=_env_number("FATHOM_HTTP_BACKOFF_S", 1.0))
     model_dir = fetch(judge.model, kind="model", storage=job.storage)
-    return open_engine(judge.backend, model_dir, gpus=job.gpus_per_node)
+    return open_engine(judge.backend, model_dir, gpus=job.gpus_per_node, **engine_options(judge, model_dir))
+
+
+def prompts_per_call(judge: Judge) -> int:
+    """Problems per generate call and checkpoint: a local judge takes them all at once (up to 8,192)."""
+    if judge.backend == "openai":
+        return max(64, 4 * judge.max_concurrency)
+    return problems_per_call(1, judge.backend)
 
 
 def run(job: JobSpec) -> None:
@@ -117,7 +127,7 @@ def run(job: JobSpec) -> None:
         todo = [p for p in problems if p["id"] not in done_ids]
         progress = ProgressWriter(store)
         progress.update(len(done), len(problems), resumed=len(done))
-        chunk = checkpoint_rows(max(64, 4 * judge.max_concurrency))
+        chunk = checkpoint_rows(prompts_per_call(judge))
         engine = build_engine(params, job) if todo else None
         try:
             for start in range(0, len(todo), chunk):

@@ -8,9 +8,21 @@ How the work is split, resumed and put together (the Job is Indexed, JobSpec.sha
   carries the per-problem grades, token counts and votes: aggregation reads manifests, never text.
 - A part is memoized by a fingerprint of what decides it (model contents, benchmark, sampling
   parameters, shard layout) rather than of the whole stage, so adding a model to the list reuses the
-  other models' parts. Inside a part, problems are checkpointed every few (fathom_jobs.parts) and a
-  restarted pod resumes after them. Each problem draws with a seed derived from (seed, benchmark,
-  problem id), so the shard count does not change what is sampled.
+  other models' parts. Each problem draws with a seed derived from (seed, benchmark, problem id), so
+  the shard count does not change what is sampled.
+- Sampling (continuous batching): a part's problems x samples go to the engine in as few generate
+  calls as possible - `problems_per_call`: 8,192 chains per call with vLLM (every AIME/HMMT/GPQA
+  part at k = 64 is one call: 128 problems), 8 problems with transformers - and vLLM spreads each
+  call over the pod's GPUs / TP engines. Each call's rows are graded and checkpointed
+  (fathom_jobs.parts) before the next: a restarted pod resumes after the last checkpointed call,
+  so it redoes at most one call ($FATHOM_CHECKPOINT_ROWS overrides the problems per call).
+- Prompts (`promptStyle`): default sends `systemPrompt` as the system message and the problem as
+  the user message; limo sends LIMO's evaluation prompt (GAIR-NLP/LIMO eval/eval.py with
+  --surround_with_messages, eval/prompts/qwen-instruct/{aime,gpqa,math}.py): the system prompt
+  "Please reason step by step, and put your final answer within \\boxed{}." and the question
+  stripped (eval/utils/parser.py parse_question) as the user message. R1-Distill's chat template
+  writes the system prompt right after BOS, so the rendered prompt is the instruction followed by
+  `<｜User｜>` and the problem.
 - Aggregation: after committing its parts, every shard checks whether all parts of all shards are
   committed with current fingerprints, and if so aggregates. The shard that commits last always
   sees every part (the store is read-after-write consistent), so results exist before the Job
@@ -32,12 +44,10 @@ path component of their URI (`base` shows as the base model's repository name).
 
 from __future__ import annotations
 
-import gc
 import json
 import logging
 import os
 import re
-import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -47,7 +57,18 @@ from typing import Any
 import pyarrow as pa
 
 from ..benchmarks import Benchmark, Problem, load_benchmark
-from ..engines import Completion, Engine, Sampling, chat, derive_seed, open_engine
+from ..engines import (
+    Completion,
+    Conversation,
+    Engine,
+    Sampling,
+    chat,
+    derive_seed,
+    engine_options,
+    open_engine,
+    placement,
+    problems_per_call,
+)
 from ..errors import StageInputError
 from ..grading import Grader, default_grader, extract_choice
 from ..inputs import cache_root, fetch, store_for
@@ -65,8 +86,9 @@ RESULTS_NAME = "results.json"
 COSTS_NAME = "costs.json"
 # {stage: {gpuHours, costUSD}} of the recipe's stages so far, set by the operator when it has them.
 COSTS_ENV = "FATHOM_STAGE_COSTS"
-PROBLEMS_PER_CHECKPOINT = 8
-PROMPT_TOKEN_BUDGET = 4096  # vLLM context = prompt budget + maxTokens (GPQA prompts stay well under)
+PROMPT_TOKEN_BUDGET = placement.PROMPT_TOKEN_BUDGET  # vLLM context = it + maxTokens (GPQA prompts stay well under)
+# LIMO's eval/prompts/qwen-instruct/{aime,gpqa,math}.py system_prompt (question_format is "{question}").
+LIMO_SYSTEM_PROMPT = "Please reason step by step, and put your final answer within \\boxed{}."
 PART_FORMAT = 1  # bump when the part's rows or summary change, so old parts are redone
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -117,9 +139,16 @@ class Pair:
         return f"{SAMPLES_DIR}/{self.model}/{self.benchmark.name}/{shard}-of-{shards}"
 
     def fingerprint(self, params: EvalParams, shard: int, shards: int) -> str:
-        sampling = params.model_dump(by_alias=True, mode="json", include=set(SamplingParams.model_fields))
+        # What is sampled decides a part; where the engines run (memory share, TP, prefix caching) does
+        # not. Settings added since parts were first made count only when set, so old parts stay valid.
+        fields = set(SamplingParams.model_fields) - SamplingParams.PLACEMENT_FIELDS - {"kv_cache_dtype"}
+        sampling = params.model_dump(by_alias=True, mode="json", include=fields)
         decided_by = {**sampling, "model": self.model_uri, "benchmark": self.benchmark.ref,
                       "gpqaShuffle": params.gpqa_shuffle, "shard": shard, "shards": shards, "format": PART_FORMAT}
+        if params.kv_cache_dtype != "auto":
+            decided_by["kvCacheDtype"] = params.kv_cache_dtype
+        if params.prompt_style != "default":
+            decided_by["promptStyle"] = params.prompt_style
         return fingerprint("eval-part", decided_by, os.environ.get("FATHOM_IMAGE", ""),
                            [self.model_identity, self.benchmark_identity])
 
@@ -194,24 +223,21 @@ def outcome(summary: dict) -> ProblemOutcome:
 
 
 # --------------------------------------------------------------------------------- sampling
+def conversation(params: EvalParams, problem: Problem) -> Conversation:
+    if params.prompt_style == "limo":
+        return chat(LIMO_SYSTEM_PROMPT, problem.problem.strip())
+    return chat(params.system_prompt, problem.problem)
+
+
 def load_engine(params: EvalParams, model_uri: str, job: JobSpec) -> Engine:
     model_dir = fetch(model_uri, kind="model", storage=job.storage)
-    options: dict[str, Any] = {}
-    if params.engine == "vllm":
-        options["seed"] = params.seed
-        options["max_model_len"] = context_length(Path(model_dir), params.max_tokens)
     log.info("loading %s with %s", model_uri, params.engine)
-    return open_engine(params.engine, model_dir, gpus=job.gpus_per_node, **options)
+    return open_engine(params.engine, model_dir, gpus=job.gpus_per_node, **engine_options(params, model_dir))
 
 
 def context_length(model_dir: Path, max_tokens: int) -> int | None:
     """Prompt budget + maxTokens, within the model's limit (a smaller context frees KV cache)."""
-    try:
-        limit = json.loads((model_dir / "config.json").read_text()).get("max_position_embeddings")
-    except (OSError, ValueError):
-        limit = None
-    wanted = max_tokens + PROMPT_TOKEN_BUDGET
-    return min(wanted, limit) if isinstance(limit, int) else wanted
+    return placement.context_length(model_dir, max_tokens, PROMPT_TOKEN_BUDGET)
 
 
 class LazyEngine:
@@ -229,13 +255,9 @@ class LazyEngine:
     def release(self) -> None:
         if self._engine is None:
             return
-        # The next model needs the GPU memory back before it loads.
-        self._engine.close()
-        self._engine = None
-        gc.collect()
-        torch = sys.modules.get("torch")
-        if torch is not None and torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        # The next model needs the GPU memory back before it loads: close() returns once it is free.
+        engine, self._engine = self._engine, None
+        engine.close()
 
 
 def sample_part(pair: Pair, problems: list[Problem], params: EvalParams, part: Store, part_fingerprint: str,
@@ -248,10 +270,10 @@ def sample_part(pair: Pair, problems: list[Problem], params: EvalParams, part: S
     todo = [p for p in problems if p.id not in done_ids]
     sampling = Sampling(n=params.samples, max_tokens=params.max_tokens, temperature=params.temperature,
                         top_p=params.top_p, seed=params.seed)
-    chunk = checkpoint_rows(PROBLEMS_PER_CHECKPOINT)
+    chunk = checkpoint_rows(problems_per_call(params.samples, params.engine))
     for start in range(0, len(todo), chunk):
         batch = todo[start:start + chunk]
-        conversations = [chat(params.system_prompt, p.problem) for p in batch]
+        conversations = [conversation(params, p) for p in batch]
         seeds = [derive_seed(params.seed, f"{pair.benchmark.name}/{p.id}") for p in batch]
         rows = grade_rows(grader, batch, get_engine().generate(conversations, sampling, seeds=seeds))
         writer.append(rows)
@@ -312,7 +334,8 @@ def aggregate(root: Store, job: JobSpec, params: EvalParams, pairs: list[Pair], 
             "settings": {"samples per problem": params.samples, "temperature": params.temperature,
                          "top_p": params.top_p, "max tokens": params.max_tokens, "engine": params.engine,
                          "seed": params.seed, "GPQA choices shuffled": params.gpqa_shuffle,
-                         "system prompt": params.system_prompt}}
+                         "prompt style": params.prompt_style,
+                         "system prompt": LIMO_SYSTEM_PROMPT if params.prompt_style == "limo" else params.system_prompt}}
     metrics = {"results": small_results(results), "report": root.uri_of("report.html"),
                "resultsFile": root.uri_of(RESULTS_NAME), "models": models, "benchmarks": benchmarks,
                "problems": sum(e["problems"] for per in results.values() for e in per.values()),

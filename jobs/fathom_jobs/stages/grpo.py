@@ -199,7 +199,8 @@ def train(job: JobSpec, params: GrpoParams, store, fingerprint: str) -> None:
     resume_dir = workdir / "trainer" / f"checkpoint-{point[0]}" if point else None
 
     callbacks = [training.StoreCheckpoints(store, params.keep_checkpoints, fingerprint),
-                 training.StoreProgress(store, metric_keys=("reward", "accuracy", "completions/mean_length"))]
+                 training.StoreProgress(store, metric_keys=("reward", "accuracy", "completions/mean_length")),
+                 *training.report_callbacks(job, params, args, store, workdir)]
     with Grader("strict") as grader:
         trainer = build_trainer(params, model_dir, tokenizer, prompts, args, grader, callbacks)
         output = trainer.train(resume_from_checkpoint=str(resume_dir) if resume_dir else None)

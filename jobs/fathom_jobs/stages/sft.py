@@ -14,8 +14,11 @@ trained.
 Order. Chains keep their curriculum order (`position`); `passes: N` repeats the whole easy->hard
 sequence N times. TRL's own packing (best-fit decreasing) sorts sequences by length, so packing
 is done here instead: consecutive chains fill a block of up to maxLength tokens in order, and the
-Trainer reads the blocks with a sequential sampler. Blocks are padding-free (TRL's collator passes
-position_ids that restart at each chain, so attention never crosses chains).
+Trainer reads the blocks with a sequential sampler. Blocks are padding-free: TRL's collator passes
+position_ids that restart at each chain and the chains' cumulative lengths (cu_seq_lens), with no
+attention mask, and on GPUs FlashAttention-2's varlen kernel attends within each chain (a packed
+stage on a GPU without flash-attn stops with an input error rather than fall back to a dense
+maxLength x maxLength mask; `training.attention_implementation`).
 """
 
 from __future__ import annotations
@@ -142,13 +145,19 @@ def build_trainer(params: SftParams, model_dir, tokenizer, examples: list[dict[s
     from transformers import AutoModelForCausalLM
     from trl import SFTTrainer
 
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), **training.model_load_kwargs(params))
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir),
+                                                 **training.model_load_kwargs(params, packed=params.packing))
     return SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(examples),
                       processing_class=tokenizer, callbacks=list(callbacks))
 
 
 def run(job: JobSpec) -> None:
-    training.run_training(job, SftParams.model_validate(job.params), train)
+    params = SftParams.model_validate(job.params)
+
+    def check() -> None:  # a packed stage on a GPU without the varlen kernel stops before downloading anything
+        training.attention_implementation(params.packing)
+
+    training.run_training(job, params, train, check=check)
 
 
 def train(job: JobSpec, params: SftParams, store, fingerprint: str) -> None:
@@ -173,7 +182,8 @@ def train(job: JobSpec, params: SftParams, store, fingerprint: str) -> None:
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     examples, stats = training_examples(table.to_pylist(), tokenizer, params)
     log.info("sft on %d chains x %d passes (%s)", stats["chains"], params.passes, stats)
-    callbacks = [training.StoreCheckpoints(store, params.keep_checkpoints, fingerprint), training.StoreProgress(store)]
+    callbacks = [training.StoreCheckpoints(store, params.keep_checkpoints, fingerprint), training.StoreProgress(store),
+                 *training.report_callbacks(job, params, args, store, workdir)]
     trainer = build_trainer(params, model_dir, tokenizer, examples, args, callbacks)
     output = trainer.train(resume_from_checkpoint=str(resume_dir) if resume_dir else None)
 

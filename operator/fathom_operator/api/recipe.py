@@ -27,25 +27,52 @@ SINGULAR = "fathomrecipe"
 SHORT_NAMES = ["frecipe"]
 BASE = "base"  # the reference name of spec.baseModel
 
+# Bounds that keep every value inside what Kubernetes accepts (int32 completions, int64 seconds) and
+# every cost sum finite. The CRD carries them (and the name patterns below), so `kubectl apply`
+# refuses a bad recipe before the operator sees it.
+MAX_NODES = 1000
+MAX_SHARDS = 10_000
+MAX_GPUS_PER_NODE = 64
+MAX_RETRIES = 100
+MAX_TIMEOUT_SECONDS = 10 * 365 * 86400
+MAX_GPU_HOUR_USD = 10_000.0
+MAX_CPU_HOUR_USD = 1_000.0
+MAX_BUDGET_USD = 1e9
+MAX_STAGES = 200
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+
+
+def _crd(**schema: Any) -> dict[str, Any]:
+    """Rules for the CRD's schema only (the API server checks them; validate.py says why, in words)."""
+    return {"json_schema_extra": schema}
+
 
 class Toleration(Spec):
     key: str | None = None
     operator: Literal["Exists", "Equal"] | None = None
     value: str | None = None
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
-    toleration_seconds: int | None = None
+    toleration_seconds: int | None = Field(None, ge=INT64_MIN, le=INT64_MAX)
 
 
 class NodePool(Spec):
     node_selector: dict[str, str] = Field(default_factory=dict)
     tolerations: list[Toleration] = Field(default_factory=list)
     affinity: dict[str, Any] | None = Field(None, description="A core/v1 Affinity, passed through to the pod.")
-    gpu_resource: str = Field("nvidia.com/gpu", description="Extended resource name of the pool's accelerators.")
-    gpus_per_node: int = Field(0, ge=0, description="GPUs on each node; 0 for a CPU pool.")
-    gpu_hour_usd: float = Field(0.0, ge=0, alias="gpuHourUSD", description="Price of one GPU for one hour.")
-    cpu_hour_usd: float = Field(0.0, ge=0, alias="cpuHourUSD", description="Price of one CPU core for one hour.")
+    gpu_resource: str = Field("nvidia.com/gpu", description="Extended resource name of the pool's accelerators.",
+                              **_crd(maxLength=317, pattern=r"^[^/]+/[^/]+$", **{"x-kubernetes-validations": [{
+                                  "rule": "!self.startsWith('requests.') && !self.contains('kubernetes.io/')",
+                                  "message": "gpuResource must be an extended resource (vendor.example/name), "
+                                             "not cpu, memory or a kubernetes.io resource"}]}))
+    gpus_per_node: int = Field(0, ge=0, le=MAX_GPUS_PER_NODE, description="GPUs on each node; 0 for a CPU pool.")
+    gpu_hour_usd: float = Field(0.0, ge=0, le=MAX_GPU_HOUR_USD, alias="gpuHourUSD",
+                                description="Price of one GPU for one hour.")
+    cpu_hour_usd: float = Field(0.0, ge=0, le=MAX_CPU_HOUR_USD, alias="cpuHourUSD",
+                                description="Price of one CPU core for one hour.")
     gpu_memory_gib: float | None = Field(
-        None, gt=0, alias="gpuMemoryGiB",
+        None, gt=0, le=4096, alias="gpuMemoryGiB",
         description="Memory of one GPU; default: from the nvidia.com/gpu.product nodeSelector label when known.")
 
 
@@ -55,8 +82,8 @@ class Storage(Spec):
     region: str | None = None
     path_style: bool | None = Field(None, description="Path-style S3 addressing (most self-hosted servers).")
     credentials_secret: str | None = Field(
-        None, description="Secret with AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, given to Jobs with envFrom."
-    )
+        None, description="Secret with AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, given to Jobs with envFrom.",
+        **_crd(maxLength=253, pattern=DNS_SUBDOMAIN_PATTERN))
 
 
 IMAGE_FAMILIES = registry.FAMILIES
@@ -75,15 +102,19 @@ class Resources(Spec):
 
 
 class StageCommon(Spec):
-    name: str = Field(description="DNS-1123 label; other stages reference this stage by it.")
+    name: str = Field(description="DNS-1123 label; other stages reference this stage by it.",
+                      **_crd(maxLength=63, pattern=DNS_LABEL_PATTERN))
     pool: str = Field(description="Node pool (a key of spec.nodePools) the stage runs on.")
-    nodes: int = Field(1, gt=0, description="Nodes for multi-node training (Indexed Job + headless Service).")
-    gpus_per_node: int | None = Field(None, ge=0, description="GPUs per pod; default: the pool's gpusPerNode.")
-    shards: int = Field(1, gt=0, description="Pods that split a sampling stage's problems (Indexed Job).")
-    retries: int = Field(2, ge=0, description="Failed attempts retried with exponential backoff (preemptions are free).")
-    image: str | None = Field(None, description="Overrides the image of the stage's family.")
+    nodes: int = Field(1, gt=0, le=MAX_NODES, description="Nodes for multi-node training (Indexed Job + headless Service).")
+    gpus_per_node: int | None = Field(None, ge=0, le=MAX_GPUS_PER_NODE,
+                                      description="GPUs per pod; default: the pool's gpusPerNode.")
+    shards: int = Field(1, gt=0, le=MAX_SHARDS, description="Pods that split a sampling stage's problems (Indexed Job).")
+    retries: int = Field(2, ge=0, le=MAX_RETRIES,
+                         description="Failed attempts retried with exponential backoff (preemptions are free).")
+    image: str | None = Field(None, description="Overrides the image of the stage's family.", **_crd(maxLength=512))
     resources: Resources | None = None
-    timeout_seconds: int | None = Field(None, gt=0, description="activeDeadlineSeconds of each attempt.")
+    timeout_seconds: int | None = Field(None, gt=0, le=MAX_TIMEOUT_SECONDS,
+                                        description="activeDeadlineSeconds of each attempt.")
     # Each type's model narrows this to its one name (the union's tag).
     type: str = Field(description=f"The stage type: {', '.join(registry.NAMES)} (a section each below).")
     estimate: EstimateHints | None = Field(
@@ -120,20 +151,24 @@ class RecipeSpec(Spec):
         default_factory=dict, description="Required unless the operator has defaults (Helm values)."
     )
     images: Images = Field(default_factory=Images)
-    hf_token_secret: str | None = Field(None, description="Secret with HF_TOKEN for hf:// models and datasets.")
-    budget_usd: float | None = Field(None, gt=0, alias="budgetUSD", description="Spend limit in USD.")
+    hf_token_secret: str | None = Field(None, description="Secret with HF_TOKEN for hf:// models and datasets.",
+                                        **_crd(maxLength=253, pattern=DNS_SUBDOMAIN_PATTERN))
+    budget_usd: float | None = Field(None, gt=0, le=MAX_BUDGET_USD, alias="budgetUSD", description="Spend limit in USD.")
     budget_policy: Literal["no-new-stages", "stop-all", "forecast"] = Field(
         "no-new-stages", description="At the budget: start nothing new, or also suspend running stages; "
         "forecast: also start no stage whose forecast cost would take spending past the budget."
     )
     suspend: bool = Field(False, description="Suspend running Jobs and start nothing.")
-    queue_name: str | None = Field(None, description="Kueue LocalQueue; Jobs are created suspended for Kueue to admit.")
+    queue_name: str | None = Field(None, description="Kueue LocalQueue; Jobs are created suspended for Kueue to admit.",
+                                   **_crd(maxLength=63, pattern=DNS_SUBDOMAIN_PATTERN))
     cache: bool = Field(True, description="Skip stages whose output already matches their inputs (memoization).")
-    service_account_name: str | None = Field(None, description="ServiceAccount of the stage pods.")
+    service_account_name: str | None = Field(
+        None, description="ServiceAccount of the stage pods (one the operator's policy allows; default: the "
+        "operator's).", **_crd(maxLength=253, pattern=DNS_SUBDOMAIN_PATTERN))
     model_info: ModelInfo | None = Field(
         None, description="The base model's shape for the forecast and the GPU memory check, when it is not "
         "DeepSeek-R1-Distill-Qwen-14B and its config.json is not at hand.")
-    stages: list[Stage] = Field(min_length=1)
+    stages: list[Stage] = Field(min_length=1, max_length=MAX_STAGES)
 
     @property
     def store(self) -> Storage:
