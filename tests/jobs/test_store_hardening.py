@@ -152,13 +152,7 @@ def test_a_download_stops_at_the_claimed_size_once(tmp_path):
 # -- S3 --------------------------------------------------------------------------------------------
 
 @pytest.fixture
-def s3(monkeypatch: pytest.MonkeyPatch, s3_server: SeaweedServer):
-    for name in list(os.environ):
-        if name.startswith(("AWS_", "FATHOM_S3")):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3_server.access_key)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_server.secret_key)
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+def s3(s3_env: None, s3_server: SeaweedServer):
     s3_server.create_bucket(BUCKET)
     return open_store(f"s3://{BUCKET}/t-{uuid.uuid4().hex[:10]}", endpoint=s3_server.endpoint,
                       connect_timeout=5, read_timeout=10, max_attempts=2, outer_attempts=1)
