@@ -30,12 +30,15 @@ lint: install
 test: lint
 	$(BIN)/python -m pytest -q
 
-# The whole recipe on one CPU: a tiny random Qwen2 built locally, every stage type, ./runs as the store.
-# Rerunning is memoized; delete runs/local to start over.
+# The whole recipe on one CPU: a tiny Qwen2 built and warmed up locally on a generated arithmetic
+# task, every stage type, ./runs as the store; it ends with the results table. Two stage processes
+# at once, one thread each: the DAG's branches and the sampling shards use both cores (two torch
+# processes with a thread per core each oversubscribe them and run ~20x slower). Rerunning is
+# memoized; delete runs/local to start over.
 demo: install
 	$(BIN)/fathom validate manifests/examples/fathom-r1-14b.yaml
 	$(BIN)/python -m fathom_jobs.tiny runs/tiny-qwen2
-	$(BIN)/fathom run --local manifests/examples/tiny-cpu.yaml
+	OMP_NUM_THREADS=1 $(BIN)/fathom run --local manifests/examples/tiny-cpu.yaml --slots 2
 
 # Regenerate the committed CRD copies and install.yaml from the models and the chart
 # (tests fail when they drift).

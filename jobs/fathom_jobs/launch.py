@@ -6,21 +6,27 @@ worker per GPU, with the world the operator describes in the environment (NNODES
 NPROC_PER_NODE, MASTER_ADDR, MASTER_PORT, NODE_RANK on multi-node stages; a single-node stage
 only has JobSpec.gpus_per_node). The workers find LOCAL_RANK set and train in-process. A worker
 that meets bad input leaves its one-line message in a file, so the pod still exits 2 with it.
+SIGTERM reaches only the launcher (PID 1): it passes it on to torchrun, which passes it on to the
+workers, and waits for their checkpoint (fathom_jobs.preemption).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 
 from .errors import StageInputError
 from .inputs import cache_root
+from .preemption import Terminated
 from .specs import JobSpec
 
 log = logging.getLogger("fathom_jobs.launch")
@@ -28,6 +34,8 @@ log = logging.getLogger("fathom_jobs.launch")
 # The worker processes report a bad-input message here, so the launcher can exit 2 with it.
 INPUT_ERROR_ENV = "FATHOM_INPUT_ERROR_FILE"
 DEFAULT_MASTER_PORT = 29500
+SHUTDOWN_TIMEOUT_ENV = "TORCH_ELASTIC_SHUTDOWN_TIMEOUT"  # torchrun: SIGTERM to SIGKILL for its workers
+SHUTDOWN_TIMEOUT_S = 24 * 3600
 
 
 @dataclass(frozen=True)
@@ -91,13 +99,39 @@ def relaunch_distributed(job: JobSpec) -> bool:
     error_file = cache_root() / f"input-error-{os.getpid()}.txt"
     error_file.unlink(missing_ok=True)
     env = {**os.environ, "FATHOM_JOB_SPEC": job.model_dump_json(by_alias=True), INPUT_ERROR_ENV: str(error_file)}
+    # torchrun SIGKILLs its workers 30 s after passing SIGTERM on by default, too soon for a big
+    # checkpoint; the pod's terminationGracePeriodSeconds is the real bound.
+    env.setdefault(SHUTDOWN_TIMEOUT_ENV, str(SHUTDOWN_TIMEOUT_S))
     log.info("launching %s", " ".join(command))
-    code = subprocess.call(command, env=env)
+    code, terminated = call_forwarding_sigterm(command, env)
     if code != 0:
         if error_file.exists() and error_file.read_text().strip():
             raise StageInputError(error_file.read_text().strip().splitlines()[0])
+        if terminated:
+            raise Terminated("stopped by SIGTERM (passed on to the workers, which checkpoint when training)")
         raise SystemExit(code)  # the workers' tracebacks are already in the log
     return True
+
+
+def call_forwarding_sigterm(command: list[str], env: Mapping[str, str]) -> tuple[int, bool]:
+    """Run `command` to its end, passing a SIGTERM this process gets on to it: (exit code, whether
+    one came). Only PID 1 of the container hears Kubernetes' SIGTERM; torchrun passes it to its
+    workers, which save a checkpoint (fathom_jobs.preemption) while this process waits for them."""
+    process = subprocess.Popen(command, env=dict(env))
+    terminated = False
+
+    def forward(signum: int, frame: FrameType | None) -> None:
+        nonlocal terminated
+        terminated = True
+        process.send_signal(signal.SIGTERM)
+
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, forward) if in_main else None
+    try:
+        return process.wait(), terminated
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def report_input_error(exc: StageInputError) -> None:

@@ -50,7 +50,7 @@ def accuracy_cell(entry: Mapping[str, Any] | None, limo: bool = False) -> str:
 def table_data(results: Results, costs: Costs | None) -> list[tuple[str, str, list[str], list[list[str]]]]:
     """(title, note, header, rows) of every table, shared by the Markdown and HTML renderings."""
     benchmarks = benchmarks_of(results)
-    ks = sorted({e.get("k") for m in results.values() for e in m.values() if e.get("k")})
+    ks = sorted({int(e["k"]) for m in results.values() for e in m.values() if e.get("k")})
     cons = f"cons@{ks[0]}" if len(ks) == 1 else "cons@k"
     tables = [
         (f"Accuracy (pass@1 / {cons}, %)", "Strict grading; the vote groups equivalent answers.",
@@ -74,11 +74,18 @@ def table_data(results: Results, costs: Costs | None) -> list[tuple[str, str, li
         tables.append(("Published (seeds' model cards, pass@1 / cons@64, %)",
                        "For comparison; computed with the LIMO-compatible grading.", ["model", *benchmarks], published))
     if costs:
-        rows = [[stage, _num(c.get("gpuHours")), _num(c.get("costUSD"))] for stage, c in costs.items()]
+        rows = [[stage, _num(c.get("gpuHours")), usd_text(c.get("costUSD"))] for stage, c in costs.items()]
         rows.append(["total", _num(sum(c.get("gpuHours", 0.0) for c in costs.values())),
-                     _num(sum(c.get("costUSD", 0.0) for c in costs.values()))])
+                     usd_text(sum(c.get("costUSD", 0.0) for c in costs.values()))])
         tables.append(("Cost per stage", "Paid GPU/CPU time, failed attempts included.", ["stage", "GPU-hours", "USD"], rows))
     return tables
+
+
+def usd_text(value: Any) -> str:
+    """Dollars to the cent, or to four places below a cent (CPU stages cost fractions of one)."""
+    if not isinstance(value, (int, float)):
+        return "-"
+    return _num(value, 2 if value == 0 or abs(value) >= 0.01 else 4)
 
 
 def _length_cell(entry: Mapping[str, Any] | None) -> str:
@@ -117,7 +124,7 @@ def render_markdown(results: Results, *, costs: Costs | None = None, meta: Mappi
 
 
 # ------------------------------------------------------------------------------------- plots
-def _figure(width: float, height: float, **margins: float):
+def _figure(width: float, height: float, **margins: float) -> Any:  # a matplotlib Figure (imported lazily)
     from matplotlib.figure import Figure
 
     # Fixed margins: the layout engines cost a second or more per figure on a busy CPU.
@@ -126,7 +133,7 @@ def _figure(width: float, height: float, **margins: float):
     return figure
 
 
-def _png(figure) -> bytes:
+def _png(figure: Any) -> bytes:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     FigureCanvasAgg(figure)
@@ -139,7 +146,7 @@ def plot_accuracy_vs_length(results: Results) -> bytes:
     """pass@1 against mean response tokens: colour = model, marker = benchmark."""
     from matplotlib.lines import Line2D
 
-    figure = _figure(7, 4.5)
+    figure = _figure(8.5, 4.5, right=0.74)  # the legends go right of the axes, never over a point
     axes = figure.add_subplot()
     markers = "osD^vP*X"
     benchmarks = benchmarks_of(results)
@@ -153,10 +160,12 @@ def plot_accuracy_vs_length(results: Results) -> bytes:
     axes.grid(alpha=0.3)
     # Two small legends instead of one entry per point.
     model_legend = axes.legend(handles=[Line2D([], [], color=f"C{i % 10}", marker="o", linestyle="", label=m)
-                                        for i, m in enumerate(results)], fontsize=7, loc="upper left", title="model")
+                                        for i, m in enumerate(results)], fontsize=7, loc="upper left",
+                               bbox_to_anchor=(1.02, 1.0), title="model")
     axes.add_artist(model_legend)
     axes.legend(handles=[Line2D([], [], color="0.4", marker=markers[i % len(markers)], linestyle="", label=b)
-                         for i, b in enumerate(benchmarks)], fontsize=7, loc="lower right", title="benchmark")
+                         for i, b in enumerate(benchmarks)], fontsize=7, loc="lower left", bbox_to_anchor=(1.02, 0.0),
+                title="benchmark")
     return _png(figure)
 
 
@@ -194,11 +203,13 @@ def plot_costs(costs: Costs) -> bytes:
     stages = list(costs)
     usd = [float(costs[s].get("costUSD", 0.0)) for s in stages]
     bars = axes.bar(range(len(stages)), usd, color="C0")
-    axes.bar_label(bars, labels=[f"{float(costs[s].get('gpuHours', 0.0)):.1f} h" for s in stages], fontsize=8)
+    # GPU-hours where a stage used GPUs; a CPU stage's dollars (it has no GPU-hours to show).
+    axes.bar_label(bars, fontsize=8, labels=[
+        f"{gpu:.1f} h" if (gpu := float(costs[s].get("gpuHours", 0.0))) else f"${usd[i]:.4f}" for i, s in enumerate(stages)])
     axes.set_xticks(range(len(stages)), stages, rotation=30, ha="right")
     axes.set_ylabel("USD")
     axes.margins(y=0.12)  # room for the labels above the tallest bar
-    axes.set_title("Cost per stage (labels: GPU-hours)")
+    axes.set_title("Cost per stage (labels: GPU-hours, or USD on CPUs)")
     axes.grid(axis="y", alpha=0.3)
     return _png(figure)
 

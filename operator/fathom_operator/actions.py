@@ -22,6 +22,9 @@ class Plan:
     create: list[list[dict[str, Any]]] = field(default_factory=list)  # per attempt, in creation order
     suspend: list[tuple[str, bool]] = field(default_factory=list)  # (job, suspend?)
     delete: list[tuple[str, str]] = field(default_factory=list)  # (kind, name): Job or Service
+    # (job, active?): spec.active of the Kueue Workloads the Job owns; Kueue would re-admit (and unsuspend)
+    # a Job the operator suspended while its Workload stays active.
+    workloads: list[tuple[str, bool]] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
     reads: list[Read] = field(default_factory=list)
     requeue_after: float | None = None

@@ -1,5 +1,5 @@
-"""The `fathom` command: validate, render, crd, and the verbs of runner.py (operator, cost),
-localview.py (run --local) and results.py (report), each imported only when it runs."""
+"""The `fathom` command: validate, render, crd, and the verbs of runner.py (operator, cost, retry),
+logs.py (logs), localview.py (run --local) and results.py (report), each imported only when it runs."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from .api.crd import custom_resource_definition
 from .api.recipe import FathomRecipe
 from .cost import format_usd
 from .forecast import Forecast
+from .logs import add_logs_arguments
 from .render import render_recipe, stage_gpus
 from .validate import RecipeInvalid, load_recipe, read_defaults
 
@@ -116,6 +117,19 @@ def cmd_crd(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    if args.kubeconfig and args.name and not args.store:
+        code: int = _runner("cmd_report_cluster")(args)  # results.read_recipe knows only the default kubeconfig
+        return code
+    return results.cmd_report(args)
+
+
+def _cmd_logs(args: argparse.Namespace) -> int:
+    from .logs import cmd_logs
+
+    return cmd_logs(args)
+
+
 def _runner(name: str) -> Callable[..., Any]:
     """The cluster commands live in runner.py; kopf and the client are imported only when they run."""
     from . import runner
@@ -164,10 +178,19 @@ def build_parser() -> argparse.ArgumentParser:
     _runner("add_operator_arguments")(operator)
     cost = add("cost", _runner("cmd_cost"), "Print a recipe's GPU-hours and USD per stage, from the cluster.")
     _runner("add_cost_arguments")(cost)
+    retry = add("retry", _runner("cmd_retry"),
+                "Run a Failed stage again with a fresh retry budget, and the stages downstream of it "
+                "(through the fathom.dev/retry annotation; the spec is not edited). Refused while the stage runs; "
+                "a Succeeded stage is re-run by changing its spec.")
+    _runner("add_retry_arguments")(retry)
     run = add("run", _local_run, "Run a recipe end to end on this machine (--local): stages as local processes.")
     _add_run_arguments(run)
-    report = add("report", results.cmd_report, "Print eval results and cost per stage (the seeds' tables).")
+    report = add("report", cmd_report, "Print eval results and cost per stage (the seeds' tables).")
     results.add_report_arguments(report)
+    report.add_argument("--kubeconfig", help="Kubeconfig file (default: in-cluster, else $KUBECONFIG or ~/.kube/config).")
+    logs = add("logs", _cmd_logs, "Print (-f: follow) the pod logs of a stage's attempt, each line prefixed by the "
+               "pod index; from the store once the pods are gone.")
+    add_logs_arguments(logs)
     return parser
 
 

@@ -111,6 +111,8 @@ class _Flow:
     count: float
     basis: str  # short: where the count comes from
     tokens: float = 0.0  # mean generated tokens (samples) or chain tokens (chains)
+    corpus: float | None = None  # the count before a difficulty filter: what the seeds' set sizes are fractions of
+    corpus_basis: str = ""
 
 
 class _Builder:
@@ -212,12 +214,15 @@ class _Builder:
                                   kv_cache_dtype=str(getattr(stage, "kv_cache_dtype", "auto")))
         tp = chosen[0] if chosen else gpus
         efficiency, source = self.decode_efficiency(gpu)
+        judge = getattr(stage, "judge", None)  # a local annotate judge carries the engine knobs itself
+        kv_dtype = str(getattr(stage, "kv_cache_dtype", None) or getattr(judge, "kv_cache_dtype", None) or "auto")
         rate = decode_rate(shape, gpu, tp=tp, util=util, prompt_tokens=prompt, mean_generated=mean,
-                           max_num_seqs=seqs, max_num_batched_tokens=batched, efficiency=efficiency)
+                           max_num_seqs=seqs, max_num_batched_tokens=batched, efficiency=efficiency,
+                           kv_dtype_bytes=1 if kv_dtype.startswith("fp8") else 2)
         mfu = hw.training_mfu(shape.parameters)
         prefill = prompts * prompt * 2 * shape.matmul_parameters / (gpu.bf16_flops * mfu.value)
         basis.append(f"decode {rate.tokens_per_second_per_gpu:,.0f} tokens/s per GPU ({gpu.product}, TP {tp}, "
-                     f"{rate.batch} sequences, {rate.bound}-bound roofline x {efficiency:.2f}: {source})")
+                     f"{rate.batch} sequences, KV cache {kv_dtype}, {rate.bound}-bound roofline x {efficiency:.2f}: {source})")
         return tokens / rate.tokens_per_second_per_gpu + prefill
 
     def cap_of(self, stage: StageCommon) -> int:
@@ -291,12 +296,20 @@ class _Builder:
             basis.append(length)
             return self.decode_seconds(stage, p.judge.model, n * mean, n, mean, basis), 0.0, weights, _Flow(n, how)
         if isinstance(p, specs.SolveRateParams):
-            n, how = self.count(name, "problems", self.flow(p.data), "problems", basis)
+            inflow = self.flow(p.data)
+            n, how = self.count(name, "problems", inflow, "problems", basis)
+            corpus, corpus_how = n, how
+            band = p.select.difficulty if p.select else None
+            if band and how not in ("hinted", "measured"):  # the job filters before sampling
+                share = hw.difficulty_share(band.min, band.max)
+                n, how = n * share.value, f"{how} x difficulty share {share.value:g}"
+                basis.append(f"problems {n:,.0f} after select.difficulty [{band.min or 1}, {band.max or 10}] "
+                             f"({share.source})")
             mean, length = self.length(name, p.model, p.max_cap)  # sampled once, at the largest cap
             basis += [f"{n * p.samples:,.0f} samples (k = {p.samples})", length]
             device = self.decode_seconds(stage, p.model, n * p.samples * mean, n, mean, basis)
             grading = n * p.samples / hw.GRADINGS_PER_CPU_SECOND.value / self.cpus(stage)
-            return device, grading / stage.shards, weights, _Flow(n, how, mean)
+            return device, grading / stage.shards, weights, _Flow(n, how, mean, corpus, corpus_how)
         if isinstance(p, specs.CurateParams):
             return self.curate(stage, p, basis)
         if isinstance(p, specs.SftParams):
@@ -351,7 +364,13 @@ class _Builder:
                 cited, how = hw.keep_fraction_prior(eff)
                 fraction = cited.value
                 basis.append(f"keepFraction {fraction:g} ({cited.source})")
-            rows, how = inflow.count * fraction, f"{inflow.basis} x keepFraction {fraction:g} {how}"
+                # The cited set sizes are fractions of the whole corpus, also when sampling saw a filtered part.
+                base = inflow.corpus or inflow.count
+                rows = min(inflow.count, base * fraction)
+                source = inflow.corpus_basis if inflow.corpus else inflow.basis
+                how = f"{source} x keepFraction {fraction:g} {how}"
+            else:
+                rows, how = inflow.count * fraction, f"{inflow.basis} x keepFraction {fraction:g} {how}"
         basis.append(f"rows {rows:,.0f} ({how})")
         chain, chain_how = self._given(stage.name, "mean_tokens")
         if chain is None and eff.keep != "prompt":

@@ -364,10 +364,11 @@ class DecodeRate:
 
 def decode_rate(shape: ModelShape, gpu: GpuSpec, *, tp: int, util: float, prompt_tokens: float,
                 mean_generated: float, max_num_seqs: int, max_num_batched_tokens: int,
-                efficiency: float) -> DecodeRate:
-    """Steady-state decode tokens/s per GPU of one vLLM replica over tp GPUs (the roofline above)."""
+                efficiency: float, kv_dtype_bytes: float = 2) -> DecodeRate:
+    """Steady-state decode tokens/s per GPU of one vLLM replica over tp GPUs (the roofline above).
+    An fp8 KV cache (kv_dtype_bytes 1) holds twice the sequences and halves what each step reads of it."""
     context = prompt_tokens + mean_generated / 2
-    kv_token = kv_bytes_per_token(shape, tp=tp) * tp  # the whole replica's bytes per cached token
+    kv_token = kv_bytes_per_token(shape, kv_dtype_bytes, tp=tp) * tp  # the whole replica's bytes per cached token
     budget = tp * (util * gpu.memory_bytes - vllm_overhead_bytes(shape, tp, max_num_batched_tokens, max_num_seqs)) \
         - weight_bytes(shape)
     by_kv = int(budget // (context * kv_token)) if budget > 0 else max_num_seqs

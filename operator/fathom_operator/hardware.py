@@ -189,6 +189,16 @@ def keep_fraction_prior(effective: specs.CurateParams) -> tuple[Cited, str]:
                  or (band.at_most if band.at_most is not None else 1) < 1):
         return DEFAULT_KEEP_FRACTION, "assumed"
     return KEEP_EVERYTHING, "all"
+DIFFICULTY_LEVELS = 10  # the annotate judge's 1-10 scale
+_DIFFICULTY_PRIOR = "assumed: judge ratings spread evenly over 1-10 (pass `estimate: {problems: N}` on the stage once known)"
+
+
+def difficulty_share(low: int | None, high: int | None) -> Cited:
+    """The share of rated problems a difficulty band [low, high] keeps, under an even spread of ratings."""
+    low, high = max(1, low or 1), min(DIFFICULTY_LEVELS, high or DIFFICULTY_LEVELS)
+    return Cited(max(0, high - low + 1) / DIFFICULTY_LEVELS, _DIFFICULTY_PRIOR)
+
+
 # Length prior: uncapped response length ~ exponential with this mean; capped mean = E[min(L, cap)].
 REASONING_MEAN_TOKENS = Cited(8000, "assumed: R1-distilled reasoning chains on competition math")
 PROMPT_TOKENS = Cited(200, "assumed: system prompt + one competition problem")

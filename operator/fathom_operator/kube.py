@@ -18,6 +18,8 @@ from typing import Any
 from .api.recipe import GROUP, PLURAL, VERSION
 
 MERGE_PATCH = "application/merge-patch+json"
+# Kueue's Workload API: v1beta1 (served by every release with spec.active), else v1beta2 (newer releases).
+KUEUE_GROUP, KUEUE_VERSIONS, WORKLOADS = "kueue.x-k8s.io", ("v1beta1", "v1beta2"), "workloads"
 
 
 class Gone(Exception):
@@ -120,6 +122,41 @@ class Kube:
             if exc.status != 404:
                 raise
 
+    async def list_services(self, namespace: str, label_selector: str) -> list[dict[str, Any]]:
+        response = await self._call(self._core.list_namespaced_service, namespace, label_selector=label_selector)
+        items = json.loads(response.data).get("items")
+        return [i for i in items if isinstance(i, dict)] if isinstance(items, list) else []
+
+    async def set_workloads_active(self, namespace: str, jobs: dict[str, bool]) -> int | None:
+        """Set spec.active on the Kueue Workloads owned by these Jobs (job name -> active). Kueue
+        names them `job-<name>-<hash>` and copies no labels by default, so they are found by owner
+        reference. The number patched; None when the cluster has no Workload API (no Kueue: a 404)."""
+        for version in KUEUE_VERSIONS:
+            try:
+                response = await self._call(self._custom.list_namespaced_custom_object, KUEUE_GROUP, version,
+                                            namespace, WORKLOADS)
+            except self._error as exc:
+                if exc.status == 404:
+                    continue
+                raise
+            patched = 0
+            for item in json.loads(response.data).get("items") or []:
+                job = owner_job(item)
+                spec = item.get("spec") if isinstance(item.get("spec"), dict) else {}
+                if job not in jobs or spec.get("active", True) is jobs[job]:
+                    continue
+                try:
+                    await self._call(self._custom.patch_namespaced_custom_object, KUEUE_GROUP, version, namespace,
+                                     WORKLOADS, item["metadata"]["name"], {"spec": {"active": jobs[job]}},
+                                     _content_type=MERGE_PATCH)
+                except self._error as exc:
+                    if exc.status != 404:  # deleted with its Job meanwhile
+                        raise
+                    continue
+                patched += 1
+            return patched
+        return None
+
     async def patch_status(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
         try:
             await self._call(self._custom.patch_namespaced_custom_object_status, GROUP, VERSION, namespace, PLURAL,
@@ -153,6 +190,16 @@ def controller_of(obj: Any) -> str:
         if isinstance(ref, dict) and ref.get("controller"):
             return str(ref.get("uid") or "")
     return ""
+
+
+def owner_job(obj: Any) -> str | None:
+    """The name of the batch/v1 Job among an object's owners, if any."""
+    meta = obj.get("metadata") if isinstance(obj, dict) else None
+    for ref in (meta or {}).get("ownerReferences") or []:
+        if isinstance(ref, dict) and ref.get("kind") == "Job" and str(ref.get("apiVersion")).startswith("batch/"):
+            name = ref.get("name")
+            return name if isinstance(name, str) else None
+    return None
 
 
 def merge_patch(old: Any, new: Any) -> dict[str, Any] | None:

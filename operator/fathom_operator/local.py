@@ -263,6 +263,7 @@ def local_spec(doc: dict[str, Any], base: Path, runs_dir: Path) -> dict[str, Any
     if isinstance(spec.get("baseModel"), str):
         spec["baseModel"] = _absolute(spec["baseModel"], base)
     for stage in spec.get("stages") or []:
+        stage.pop("queueName", None)  # no Kueue here: a queued Job would wait for an admission that never comes
         for key in ("model", "data"):
             if isinstance(stage.get(key), str):
                 stage[key] = _absolute(stage[key], base)

@@ -1,4 +1,5 @@
-"""Prometheus metrics of the operator, served with /healthz on one port.
+"""Prometheus metrics of the operator, served with /healthz on one port (this thread is up; the
+chart's probes use kopf's liveness endpoint instead, which answers from the operator's event loop).
 
 Per-recipe gauges are not kept as mutable gauge series (which leak label sets when recipes are
 deleted); the operator records each recipe's latest status here, and a collector turns the
@@ -86,6 +87,8 @@ class OperatorMetrics:
         self.reconcile_seconds = Histogram("fathom_reconcile_duration_seconds", "Reconcile latency.",
                                            registry=self.registry,
                                            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+        self.notifications = Counter("fathom_notifications", "Webhook notifications by result (sent, dropped).",
+                                     ["webhook", "result"], registry=self.registry)
 
     def serve(self, port: int, host: str = "0.0.0.0") -> WSGIServer:
         """Serve /metrics and /healthz from a daemon thread; returns the server (for shutdown)."""

@@ -13,38 +13,42 @@ Rules, per stage in DAG order (the status is rebuilt from scratch every time):
   (fail fast: running stages finish, no new ones start), the recipe is not suspended and the budget
   is not spent. With `spec.cache`, a store output whose fingerprint matches makes it Cached instead.
 - A failed attempt is retried after 30 s x 2^(failures-1) (capped) until `retries` is used up; a
-  preempted or evicted one is retried at once and does not count. Training retries resume from the
+  preempted or evicted one is retried at once and does not count. `fathom retry` (retry.py) gives a
+  Failed stage a fresh budget: failed attempts numbered below its `retryFrom` stop counting. Training retries resume from the
   newest complete checkpoint that this run of the stage wrote.
-- `spec.suspend`, or a spent budget under `budgetPolicy: stop-all`, suspends running Jobs.
+- `spec.suspend`, or a spent budget under `budgetPolicy: stop-all`, suspends running Jobs; the
+  Kueue Workloads of Kueue Jobs are deactivated with them and reactivated on resume.
+- An attempt that ends (succeeded, failed, preempted, superseded, vanished) takes its headless
+  Service with it; `Inputs.services` (listed once per worker, so after every operator restart) lets
+  every other Service of the recipe that no running attempt uses go too.
 - A stage whose fingerprint changed (see `fingerprints`) starts over; its running Job is deleted.
 - Only Jobs controlled by this recipe object (owner UID) are its attempts: a recipe deleted and
   created again never adopts the old one's Jobs or their cost. A name the API server reports as
   taken by an object this recipe does not own (`Inputs.conflicts`) fails the stage, with the reason.
 - A status that cannot be read (a list where a mapping belongs, unknown shapes) counts as missing,
   part by part; `Plan.warnings` says what was dropped.
+
+The inputs (`Inputs`, `Options`, `parse`, `read_status`) live in `plan_inputs`, the accounting of
+attempts (history, live cost, budget, forecast) in `ledger`; this module decides each stage.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 from fathom_jobs import registry
 
-from . import dag
+from . import retry, truth
 from .actions import Event, Plan, dump_status
-from .api.recipe import API_VERSION, KIND, FathomRecipe
-from .api.status import AttemptOutcome, AttemptRecord, ForecastStatus, RecipeStatus, StageProgress, StageStatus
+from .api.recipe import API_VERSION, KIND
+from .api.status import AttemptRecord, RecipeStatus, StageProgress, StageStatus
 from .conditions import DONE
-from .cost import ZERO, Price, Usage, attempt_usage, format_usd, rounded
-from .estimate import forecast_fingerprint, forecast_status, measured_from_status
-from .fingerprints import stage_fingerprints
-from .forecast import forecast
-from .hardware import Calibration, CalibrationError, parse_calibration
-from .observe import ANNOTATION_FINGERPRINT, Attempt, JobObs, PodObs, attempts, format_time, parse_time
+from .cost import format_usd
+from .ledger import Ledger
+from .observe import ANNOTATION_FINGERPRINT, Attempt, format_time, parse_time
+from .plan_inputs import Inputs, Options, Parsed, load_status, parse, read_status
 from .render import (
     literal_env,
     produces_results,
@@ -52,18 +56,15 @@ from .render import (
     resolved_params,
     service_name,
     stage_by_name,
-    stage_gpus,
     stage_image,
     stage_output_uri,
-    stage_pods,
+    stage_queue,
 )
-from .rollup import Budget, RollupInput, invalid, rollup
+from .rollup import RollupInput, invalid, rollup
 from .store_reader import Fact, Read, stage_progress
-from .validate import FieldError, RecipeInvalid, validate_document
 
 __all__ = ["Event", "Inputs", "Options", "Parsed", "Plan", "Read", "dump_status", "load_status", "parse", "plan"]
 
-OUTCOME: dict[str, AttemptOutcome] = {"succeeded": "Succeeded", "failed": "Failed", "preempted": "Preempted"}
 METRICS_LIMIT = 64 * 1024  # a stage's metrics.json copied into status.stages.<name>.metrics, serialized
 
 
@@ -74,235 +75,20 @@ def _json_size(value: Any) -> int:
         return 2**62  # not plain JSON: never copied
 
 
-@dataclass(frozen=True)
-class Options:
-    backoff_seconds: float = 30.0
-    backoff_cap_seconds: float = 900.0
-    progress_seconds: float = 30.0  # progress.json is read at most this often per running stage
-    retry_read_seconds: float = 120.0  # a failed metrics read is retried this much later
-
-
-@dataclass(frozen=True)
-class Parsed:
-    recipe: FathomRecipe
-    deps: dict[str, list[str]]
-    order: list[str]
-    fingerprints: dict[str, str]
-    weights: dict[str, int]
-    calibration: Calibration | None = None  # the operator's GPU calibration (Helm defaults.calibration)
-
-
-@dataclass(frozen=True)
-class Inputs:
-    name: str
-    namespace: str
-    uid: str | None
-    generation: int | None
-    parsed: Parsed | list[FieldError]
-    status: dict[str, Any] | None
-    jobs: list[JobObs]
-    pods: list[PodObs]
-    facts: dict[tuple[str, str], Fact]
-    now: datetime
-    options: Options = Options()
-    conflicts: Mapping[str, str] = field(default_factory=dict)  # object name -> why it is not ours
-
-
-def parse(name: str, namespace: str, spec: Any, defaults: dict[str, Any] | None = None) -> Parsed | list[FieldError]:
-    """Validate like `fathom validate` does (field paths included; the operator's defaults under the
-    spec), then precompute what plan() needs. Never raises: anything unexpected is an error on `spec`."""
-    if not isinstance(spec, dict):
-        return [FieldError("spec", "expected a mapping")]
-    try:
-        return _parse(name, namespace, spec, defaults)
-    except RecipeInvalid as exc:
-        return exc.errors
-    except Exception as exc:  # a bug must make the recipe Invalid with a reason, never crash the operator
-        return [FieldError("spec", f"could not be checked ({type(exc).__name__}: {str(exc)[:300]}); "
-                                   "please report this as a bug")]
-
-
-def _parse(name: str, namespace: str, spec: dict[str, Any], defaults: dict[str, Any] | None) -> Parsed:
-    document = {"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": name, "namespace": namespace},
-                "spec": spec}
-    recipe = validate_document(document, defaults)
-    deps = dag.dependencies(recipe.spec)
-    order = [n for level in dag.levels(deps) for n in level]
-    weights = {s.name: stage_pods(s) * max(1, stage_gpus(recipe.spec, s)) for s in recipe.spec.stages}
-    calibration = None
-    if defaults and defaults.get("calibration"):
-        try:
-            calibration = parse_calibration(defaults["calibration"], "defaults.calibration")
-        except CalibrationError:
-            pass  # the admin's file is checked where it is loaded (`fathom operator`); the forecast uses the cited constants
-    return Parsed(recipe, deps, order, stage_fingerprints(recipe, namespace, deps), weights, calibration)
-
-
-def load_status(raw: Any) -> RecipeStatus:
-    """The recipe's current status; unreadable parts are dropped rather than failing the recipe."""
-    return read_status(raw)[0]
-
-
-def read_status(raw: Any) -> tuple[RecipeStatus, list[str]]:
-    """(the readable part of a status, what was dropped). Garbage counts as missing, part by part:
-    a stage whose own fields are unreadable keeps its readable finished attempts (they were paid for)."""
-    if raw is None or raw == {}:
-        return RecipeStatus(), []
-    if not isinstance(raw, Mapping):
-        return RecipeStatus(), [f"status is {type(raw).__name__}, not a mapping: treated as missing"]
-    problems: list[str] = []
-    known = {f.alias or n for n, f in RecipeStatus.model_fields.items()}
-    fields: dict[str, Any] = {}
-    for key, value in raw.items():
-        if key not in known or key == "stages":
-            continue
-        try:
-            RecipeStatus.model_validate({key: value})
-        except (ValueError, TypeError, RecursionError):
-            problems.append(f"status.{key} is unreadable: treated as missing")
-            continue
-        fields[key] = value
-    stages: dict[str, StageStatus] = {}
-    found = raw.get("stages")
-    if found is not None and not isinstance(found, Mapping):
-        problems.append(f"status.stages is {type(found).__name__}, not a mapping: treated as missing")
-    for name, value in (found.items() if isinstance(found, Mapping) else ()):
-        if not isinstance(name, str):
-            continue
-        try:
-            stages[name] = StageStatus.model_validate(value)
-            continue
-        except (ValueError, TypeError, RecursionError):
-            problems.append(f"status.stages.{name[:80]} is unreadable: treated as missing")
-        history = value.get("history") if isinstance(value, Mapping) else None
-        kept = []
-        for record in history if isinstance(history, list) else ():
-            try:
-                kept.append(AttemptRecord.model_validate(record))
-            except (ValueError, TypeError, RecursionError):
-                continue
-        if kept:
-            stages[name] = StageStatus(history=kept)
-    try:
-        status = RecipeStatus.model_validate(fields)
-    except (ValueError, TypeError, RecursionError):
-        problems.append("status is unreadable: treated as missing")
-        status = RecipeStatus()
-    return status.model_copy(update={"stages": stages}), problems
-
-
 def backoff(options: Options, failures: int) -> float:
     return min(options.backoff_cap_seconds, options.backoff_seconds * 2.0 ** max(0, failures - 1))
 
 
-def _record(a: Attempt, outcome: AttemptOutcome, price: Price, now: datetime) -> AttemptRecord:
-    used = attempt_usage(a, price, now)
-    return AttemptRecord(attempt=a.attempt, job=a.job.name, outcome=outcome,
-                         fingerprint=a.job.fingerprint, start_time=format_time(a.start),
-                         completion_time=format_time(a.end or now), gpu_hours=rounded(used.gpu_hours, 4),
-                         cost_usd=rounded(used.usd, 4), message=a.message)
-
-
-class _Planner:
-    """Accounts every attempt on construction (so the budget is known), then decides each stage in run()."""
+class _Planner(Ledger):
+    """A `Ledger` of every attempt (so the budget is known), that then decides each stage in run()."""
 
     def __init__(self, inp: Inputs, parsed: Parsed, old: RecipeStatus) -> None:
-        self.inp, self.old, self.p = inp, old, parsed
-        self.spec = parsed.recipe.spec
-        self.now = inp.now
-        self.out = Plan(status={})
-        jobs = inp.jobs
-        if inp.uid is not None:  # a recipe's attempts are the Jobs it controls, not every Job with its label
-            jobs = [j for j in inp.jobs if j.owner_uid == inp.uid]
-            if len(jobs) < len(inp.jobs):
-                foreign = sorted(j.name for j in inp.jobs if j.owner_uid != inp.uid)
-                self.out.warnings.append(f"ignoring Jobs labelled for this recipe but not owned by it "
-                                         f"(uid {inp.uid}): {', '.join(foreign[:5])}")
-        self.observed = attempts(jobs, inp.pods)
-        self.history: dict[str, list[AttemptRecord]] = {}
-        self.new_records: list[tuple[str, AttemptRecord]] = []
-        self.live: dict[str, Attempt | None] = {}
-        self.usage: dict[str, Usage] = {}
+        super().__init__(inp, parsed, old)
         self.stages: dict[str, StageStatus] = {}
         self.created: set[str] = set()
-        gone = sorted({*self.observed, *self.old.stages} - set(self.p.order))
-        for name in [*self.p.order, *gone]:
-            self.account(name)
-        self.budget = Budget(rounded(sum(self.stage_cost(n)[1] for n in self.history)), self.spec.budget_usd)
-        self.forecast = self.make_forecast(self.old.stages, self.old.forecast)  # what `budgetPolicy: forecast` uses
         self.held_by_forecast: list[str] = []
+        self.retried = self.take_retry()
         self.failed_for_good = [n for n in self.p.order if self.live[n] is None and self._failed_for_good(n)]
-
-    # -- accounting: what finished, what runs, what it cost ----------------------------------
-
-    def price(self, stage: str) -> Price:
-        if stage not in self.p.fingerprints:
-            return Price()
-        pool = self.spec.node_pools[stage_by_name(self.spec, stage).pool]
-        return Price(pool.gpu_resource, pool.gpu_hour_usd, pool.cpu_hour_usd)
-
-    def supersede(self, name: str, a: Attempt, history: list[AttemptRecord]) -> None:
-        record = _record(a, "Superseded", self.price(name), self.now)
-        history.append(record)
-        self.new_records.append((name, record))
-        self.out.delete.append(("Job", a.job.name))
-        if a.job.parallelism > 1 and name in self.p.fingerprints and stage_by_name(self.spec, name).nodes > 1:
-            self.out.delete.append(("Service", service_name(a.job.name)))
-
-    def account(self, name: str) -> None:
-        fp = self.p.fingerprints.get(name)
-        prev = self.old.stages.get(name)
-        history = list(prev.history) if prev else []
-        known = {r.attempt for r in history}
-        live = []
-        for a in self.observed.get(name, []):
-            if a.attempt in known:
-                continue
-            if a.terminal:
-                record = _record(a, OUTCOME[a.state], self.price(name), self.now)
-                history.append(record)
-                self.new_records.append((name, record))
-            elif fp is None or a.job.fingerprint != fp:
-                self.supersede(name, a, history)
-            else:
-                live.append(a)
-        for extra in live[:-1]:  # never two attempts of one stage at once
-            self.supersede(name, extra, history)
-        if prev is not None and (vanished := self.vanished(name, prev, history)) is not None:
-            history.append(vanished)
-            self.new_records.append((name, vanished))
-        self.history[name] = sorted(history, key=lambda r: r.attempt)
-        self.live[name] = live[-1] if live else None
-        self.usage[name] = attempt_usage(live[-1], self.price(name), self.now) if live else ZERO
-
-    def vanished(self, name: str, prev: StageStatus, history: list[AttemptRecord]) -> AttemptRecord | None:
-        """A running attempt whose Job was deleted behind the operator's back (a user, a TTL).
-
-        Its cost until the last status stays counted (the status had it), and it is retried like a
-        preemption. Only for attempts the status saw running: a Job the operator just created may
-        not have reached its watch yet, and must not be mistaken for a lost one.
-        """
-        if prev.phase not in ("Running", "Suspended") or not prev.job:
-            return None
-        observed = {a.job.name for a in self.observed.get(name, [])}
-        if prev.job in observed or any(r.job == prev.job for r in history):
-            return None
-        number = prev.job.rsplit("-", 1)[-1]
-        if not number.isdigit():
-            return None
-        gpu = prev.gpu_hours - sum(r.gpu_hours for r in history)
-        usd = prev.cost_usd - sum(r.cost_usd for r in history)
-        return AttemptRecord(attempt=int(number), job=prev.job, outcome="Preempted", fingerprint=prev.fingerprint,
-                             start_time=prev.start_time, completion_time=format_time(self.now),
-                             gpu_hours=rounded(max(0.0, gpu), 4), cost_usd=rounded(max(0.0, usd), 4),
-                             message=f"Job {prev.job} disappeared (deleted outside the operator)")
-
-    def stage_cost(self, name: str) -> tuple[float, float, float]:
-        history = self.history[name]
-        gpu = sum(r.gpu_hours for r in history) + self.usage[name].gpu_hours
-        usd = sum(r.cost_usd for r in history) + self.usage[name].usd
-        wasted = sum(r.gpu_hours for r in history if r.outcome in ("Failed", "Preempted"))
-        return rounded(gpu), rounded(usd), rounded(wasted)
 
     # -- decisions ----------------------------------------------------------------------------
 
@@ -313,10 +99,6 @@ class _Planner:
     def ask(self, kind: str, name: str, key: str, **args: Any) -> None:
         storage = self.spec.store.model_dump(by_alias=True, exclude_none=True)
         self.out.reads.append(Read(kind, name, key, {**args, "storage": storage}))
-
-    def next_attempt(self, name: str) -> int:
-        numbers = [r.attempt for r in self.history[name]] + [a.attempt for a in self.observed.get(name, [])]
-        return max(numbers) + 1 if numbers else 0
 
     def wait_until(self, when: datetime) -> None:
         seconds = max(0.0, (when - self.now).total_seconds())
@@ -330,18 +112,18 @@ class _Planner:
             return f"held: the budget is spent ({self.budget.text})"
         return None
 
-    def make_forecast(self, stages: dict[str, StageStatus], *known: ForecastStatus | None) -> ForecastStatus:
-        """The recipe's forecast given these stage states; one of `known` while the spec and the
-        finished stages (and their metrics) are the same."""
-        fingerprint = forecast_fingerprint(self.p.fingerprints, stages)
-        for candidate in known:
-            if candidate is not None and candidate.fingerprint == fingerprint:
-                return candidate
-        try:
-            found = forecast(self.p.recipe, self.p.calibration, measured=measured_from_status(stages))
-        except (ValueError, ArithmeticError, TypeError):  # a job's metrics.json the forecast cannot use
-            found = forecast(self.p.recipe, self.p.calibration)
-        return forecast_status(found, stages, fingerprint)
+    def take_retry(self) -> str | None:
+        """`fathom retry`'s annotation, acted on (or refused) once: the value for status.retried."""
+        found = retry.decide(self.inp.retry, self.old.retried, self.p.order, self.p.deps,
+                             phase=lambda n: self.old.stages[n].phase if n in self.old.stages else "Pending",
+                             failed=lambda n: self.live[n] is None and self._failed_for_good(n),
+                             running=lambda n: self.live[n] is not None, next_attempt=self.next_attempt)
+        if found is None:
+            return self.old.retried
+        self.retry_from.update(found.reset)
+        if found.event is not None:
+            self.out.events.append(found.event)
+        return found.token
 
     def over_forecast(self, name: str) -> str | None:
         """Under `budgetPolicy: forecast`, why this stage may not start (its forecast would pass the budget)."""
@@ -433,7 +215,8 @@ class _Planner:
         elif a.state == "suspended":
             queued = a.job.kueue and not want
             st.phase = "Waiting" if queued else "Suspended"
-            st.message = f"queued in Kueue ({self.spec.queue_name})" if queued else f"suspended: {why}"
+            queue = stage_queue(self.spec, stage_by_name(self.spec, name))
+            st.message = f"queued in Kueue ({queue})" if queued else f"suspended: {why}"
         elif a.state == "running":
             st.phase = "Running"
         else:
@@ -442,6 +225,20 @@ class _Planner:
             st.message = f"waiting for its pods to start ({stuck})" if stuck else "waiting for its pods to start"
         if st.phase == "Running":
             self.track_progress(name, st, a)
+        if a.job.kueue:
+            self.hold_workload(name, a, want)
+
+    def hold_workload(self, name: str, a: Attempt, want: bool) -> None:
+        """Kueue re-admits (and unsuspends) a Job whose Workload is active, so suspending one means
+        deactivating its Workload. Sent on the change only: until the status shows the stage Suspended
+        (the status is written after the change is applied), or while Kueue runs the Job anyway (its
+        Workload appeared after the last try); reactivated once when the suspension ends."""
+        prev = self.old.stages.get(name)
+        held = prev is not None and prev.phase == "Suspended" and prev.job == a.job.name
+        if want and (not held or not a.job.suspended):
+            self.out.workloads.append((a.job.name, False))
+        elif not want and held:
+            self.out.workloads.append((a.job.name, True))
 
     def track_progress(self, name: str, st: StageStatus, a: Attempt) -> None:
         key = str(a.attempt)
@@ -492,7 +289,8 @@ class _Planner:
         starts = [t for t in [*(r.start_time for r in mine), format_time(live.start) if live else None] if t]
         st = StageStatus(fingerprint=fp, history=history, gpu_hours=gpu, cost_usd=usd, wasted_gpu_hours=wasted,
                          attempts=len(mine) + (1 if live else 0),
-                         failures=sum(r.outcome == "Failed" for r in mine),
+                         failures=sum(r.outcome == "Failed" and retry.counted(r.attempt, self.retry_from, name)
+                                      for r in mine), retry_from=self.retry_from.get(name),
                          preemptions=sum(r.outcome == "Preempted" for r in mine),
                          start_time=min(starts) if starts else None,
                          job=live.job.name if live else (mine[-1].job if mine else None))
@@ -520,7 +318,8 @@ class _Planner:
             st.message = f"failed after {st.attempts} attempt{'s' if st.attempts > 1 else ''}: {last.message}"
             return
         ended = parse_time(last.completion_time) or self.now
-        wait = backoff(self.inp.options, st.failures) if last.outcome == "Failed" else 0.0
+        counts = last.outcome == "Failed" and retry.counted(last.attempt, self.retry_from, name)
+        wait = backoff(self.inp.options, st.failures) if counts else 0.0  # `fathom retry`: at once
         due = ended + timedelta(seconds=wait)
         if due <= self.now:
             self.start(name, st, retry=True)
@@ -553,6 +352,7 @@ class _Planner:
                     "history": self.history[name], "gpu_hours": gpu, "cost_usd": usd, "wasted_gpu_hours": wasted,
                     "phase": "Skipped" if old.phase not in DONE else old.phase,
                     "message": "removed from the recipe", "job": None, "progress": None})
+        self.sweep_services()
         # Moving: a Job that is not suspended, or one created right now (a retry in backoff is not).
         moving = frozenset(n for n in self.p.order if n in self.created
                            or (self.live[n] is not None and self.stages[n].phase in ("Running", "Waiting")))
@@ -563,19 +363,27 @@ class _Planner:
             budget=self.budget, forecast=self.make_forecast(self.stages, self.forecast, self.old.forecast),
             held_by_forecast=tuple(self.held_by_forecast)), self.out)
 
-    def _failed_for_good(self, name: str) -> bool:
-        fp = self.p.fingerprints[name]
-        mine = [r for r in self.history[name] if r.fingerprint == fp]
-        failures = sum(r.outcome == "Failed" for r in mine)
-        return bool(mine) and mine[-1].outcome == "Failed" and failures > stage_by_name(self.spec, name).retries \
-            and not any(r.outcome == "Succeeded" for r in mine)
+    def sweep_services(self) -> None:
+        """Every listed Service of the recipe that no running or starting attempt uses goes: whatever
+        ended its Job while no operator was watching, no rendezvous Service outlives it."""
+        if self.inp.services is None:
+            return
+        keep = {service_name(a.job.name) for a in self.live.values() if a is not None}
+        keep |= {o["metadata"]["name"] for objects in self.out.create for o in objects if o.get("kind") == "Service"}
+        keep |= {n for kind, n in self.out.delete if kind == "Service"}
+        self.out.delete += [("Service", n) for n in sorted(set(self.inp.services) - keep)]
 
 
 def plan(inp: Inputs) -> Plan:
     old, problems = read_status(inp.status)
     if not isinstance(inp.parsed, Parsed):
         result = invalid(inp.now, inp.generation, old, inp.parsed)
+        result.status = truth.invalid_is_failed(result.status, inp.now, inp.generation)
     else:
-        result = _Planner(inp, inp.parsed, old).run()
+        planner = _Planner(inp, inp.parsed, old)
+        result = planner.run()
+        if planner.retried:
+            result.status["retried"] = planner.retried
+        result.status = truth.store_readable(result.status, inp.facts, inp.now, inp.generation)
     result.warnings[:0] = problems
     return result

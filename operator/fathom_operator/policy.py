@@ -12,7 +12,15 @@ talk to a host is either the admin's (Helm values: `defaults`, `policy`) or allo
 - `secretNames` / `secretPrefix`: Secrets a recipe may mount (`envFrom`); the admin's own
   (`defaults.storage.credentialsSecret`, `defaults.hfTokenSecret`) are always allowed;
 - `tolerations` / `tolerationKeys`, `affinity`: whether a recipe's own node pools may set
-  tolerations (any, or only with these keys) and affinity. The admin's `defaults.nodePools` may.
+  tolerations (any, or only with these keys) and affinity. The admin's `defaults.nodePools` may;
+- `queueNames`: the Kueue LocalQueues a recipe may name (`queueName`, per stage too); empty: any
+  (LocalQueues live in the recipe's namespace, made by whoever runs it);
+- `priorityClasses` / `workloadPriorityClasses`: the PriorityClasses and Kueue WorkloadPriorityClasses a
+  recipe may name; empty: none. Both are cluster-wide: an author picking the highest class would
+  preempt every other team's work;
+- `maxTerminationGracePeriodSeconds`: the longest grace period a stage may ask for (a terminating pod
+  holds its GPUs against preemption); absent: the schema's bound (a day). The operator's default
+  (900 s for training stages) always may.
 
 The policy is enforced whenever the operator has a defaults file (the Helm chart always mounts
 one); `fathom validate --defaults FILE` applies the same rules. Without a defaults file (`fathom run
@@ -34,7 +42,8 @@ from .api.recipe import RecipeSpec
 from .render import DEFAULT_IMAGE
 
 POLICY_KEYS = frozenset({"storageEndpoints", "serviceAccounts", "imagePrefixes", "secretNames", "secretPrefix",
-                         "tolerations", "tolerationKeys", "affinity"})
+                         "tolerations", "tolerationKeys", "affinity", "queueNames", "priorityClasses",
+                         "workloadPriorityClasses", "maxTerminationGracePeriodSeconds"})
 
 
 @dataclass(frozen=True)
@@ -48,6 +57,10 @@ class Policy:
     tolerations: bool = False
     toleration_keys: frozenset[str] = frozenset()
     affinity: bool = False
+    queue_names: frozenset[str] = frozenset()  # empty: any LocalQueue of the recipe's namespace
+    priority_classes: frozenset[str] = frozenset()
+    workload_priority_classes: frozenset[str] = frozenset()
+    max_grace_seconds: int | None = None
 
     def endpoint_allowed(self, endpoint: str | None) -> bool:
         """No endpoint = the operator's own (environment or AWS); any other must be listed."""
@@ -117,6 +130,9 @@ def policy_from_defaults(defaults: Mapping[str, Any] | None) -> Policy | None:
     prefix = raw.get("secretPrefix") or ""
     if not isinstance(prefix, str):
         raise ValueError("policy.secretPrefix must be a string")
+    grace = raw.get("maxTerminationGracePeriodSeconds")
+    if grace is not None and (isinstance(grace, bool) or not isinstance(grace, int) or grace < 0):
+        raise ValueError("policy.maxTerminationGracePeriodSeconds must be a number of seconds (0 or more)")
     return Policy(
         storage_endpoints=frozenset(normalize_endpoint(e) for e in endpoints),
         service_accounts=frozenset(accounts),
@@ -127,6 +143,10 @@ def policy_from_defaults(defaults: Mapping[str, Any] | None) -> Policy | None:
         tolerations=_flag(raw, "tolerations"),
         toleration_keys=frozenset(_strings(raw, "tolerationKeys")),
         affinity=_flag(raw, "affinity"),
+        queue_names=frozenset(_strings(raw, "queueNames")),
+        priority_classes=frozenset(_strings(raw, "priorityClasses")),
+        workload_priority_classes=frozenset(_strings(raw, "workloadPriorityClasses")),
+        max_grace_seconds=grace,
     )
 
 
@@ -184,6 +204,7 @@ def check_policy(policy: Policy, spec: RecipeSpec, raw_spec: Mapping[str, Any],
     for path, name in secrets:
         if name and not policy.secret_allowed(name):
             problems.append((path, f"Secret {name!r} is not allowed; {why_secrets}"))
+    problems += _check_placement_policy(policy, spec)
     admin_pools = _mapping(defaults.get("nodePools"))
     own_pools = _mapping(raw_spec.get("nodePools"))
     for name, raw_pool in own_pools.items():
@@ -202,4 +223,28 @@ def check_policy(policy: Policy, spec: RecipeSpec, raw_spec: Mapping[str, Any],
         if pool.affinity and not policy.affinity and pool.affinity != admin.get("affinity"):
             problems.append((f"spec.nodePools.{name}.affinity", "recipes may not set affinity (Helm value "
                              "policy.affinity); use a node pool from the operator's defaults"))
+    return problems
+
+
+def _check_placement_policy(policy: Policy, spec: RecipeSpec) -> list[tuple[str, str]]:
+    """Kueue queues, priority classes and grace periods the recipe names (its defaults and per stage)."""
+    problems: list[tuple[str, str]] = []
+    owners: list[tuple[str, Any]] = [("spec", spec), *((f"spec.stages[{i}]", s) for i, s in enumerate(spec.stages))]
+    for base, owner in owners:
+        checks = [("queueName", owner.queue_name, policy.queue_names, "policy.queueNames"),
+                  ("priorityClassName", owner.priority_class_name, policy.priority_classes, "policy.priorityClasses"),
+                  ("workloadPriorityClass", owner.workload_priority_class, policy.workload_priority_classes,
+                   "policy.workloadPriorityClasses")]
+        for field, value, allowed, key in checks:
+            if value is None or value in allowed or (field == "queueName" and not allowed):
+                continue
+            problems.append((f"{base}.{field}", f"{value!r} is not allowed; allowed: {_listing(allowed)} "
+                                                f"(Helm value {key})"))
+    limit = policy.max_grace_seconds
+    for i, stage in enumerate(spec.stages):
+        grace = stage.termination_grace_period_seconds
+        if limit is not None and grace is not None and grace > limit:
+            problems.append((f"spec.stages[{i}].terminationGracePeriodSeconds",
+                             f"{grace} s is more than the {limit} s allowed (Helm value "
+                             "policy.maxTerminationGracePeriodSeconds): a terminating pod holds its GPUs"))
     return problems

@@ -11,13 +11,14 @@ that stale). A reconcile:
 3. creates Jobs and Services (409 = already there: fine when this recipe controls it, an error on
    the stage when another object does - it is never adopted), suspends, resumes, deletes;
 4. patches the status with the difference only, and only if there is one;
-5. posts the plan's events.
+5. posts the plan's events (and queues the ones a recipe's `spec.notify` asks for to the webhooks).
 
 The status the worker last wrote is remembered: it is the only writer of the status, so it never
 re-derives anything from a status echo that has not arrived yet. Nothing one recipe does can stop
 another's loop: a failed reconcile is logged, counted, reported on that recipe as a Warning event
 (once per distinct error) and tried again on the next tick. Store reads are bounded in time; a
-failed one is a stage message and a Warning event.
+failed one is a stage message, a Warning event (once per distinct error) and, while reads the status
+depends on keep failing, condition StoreReadable=False (truth.py).
 """
 
 from __future__ import annotations
@@ -37,12 +38,18 @@ from fathom_jobs.redact import redact
 
 from . import plan as planning
 from .api.status import RecipeStatus
-from .kube import Gone, Kube, api_message, load_configuration, merge_patch
+from .kube import Gone, Kube, api_message, controller_of, load_configuration, merge_patch
 from .metrics import OperatorMetrics
+from .notify import Notifier
 from .observe import JobObs, PodObs
 from .policy import policy_from_defaults
+from .render import LABEL_RECIPE
+from .retry import ANNOTATION_RETRY
 from .store_reader import Fact, Opener, StoreReader
 
+# A Job this worker created is waited for (no plan) until its watch event arrives, at most this long:
+# planning without it would start the same attempt again (a second POST, a 409, a duplicate event).
+CREATED_WAIT_SECONDS = 10.0
 WARNED_LIMIT = 256  # distinct warnings remembered per recipe (then forgotten, so memory stays flat)
 
 OWN_STATUS_KEYS = frozenset(f.alias or n for n, f in RecipeStatus.model_fields.items())
@@ -67,6 +74,7 @@ class OperatorConfig:
     conflict_seconds: float = 120.0  # a name taken by another object is tried again this much later
     metrics: OperatorMetrics | None = None
     finalizer: str = "fathom.dev/operator"
+    notifier: Notifier | None = None  # webhooks for spec.notify (notify.py); None: no notifications
 
     @classmethod
     def from_env(cls, **overrides: Any) -> OperatorConfig:
@@ -109,6 +117,8 @@ class Worker:
     status: dict[str, Any] | None = None
     warned: set[str] = field(default_factory=set)
     conflicts: dict[str, tuple[str, float]] = field(default_factory=dict)  # name -> (why, when seen)
+    created: dict[str, float] = field(default_factory=dict)  # Job name -> when this worker created it
+    services_swept: bool = False  # the recipe's Services listed once (no watch on them): none outlives its Job
 
     def first_time(self, message: str) -> bool:
         """True once per distinct message (the set is forgotten when it grows past WARNED_LIMIT)."""
@@ -201,13 +211,18 @@ class Runtime:
         if worker.spec_key != key:
             worker.spec_key, worker.parsed = key, planning.parse(name, namespace, spec, self.config.defaults)
         current = worker.status if worker.status is not None else plain(body.get("status") or {})
+        if unseen := self.unseen_creations(worker, jobs):
+            return unseen
         now = self.config.clock()
+        sweep = not worker.services_swept and uid is not None and isinstance(worker.parsed, planning.Parsed)
+        services = await self.own_services(namespace, name, uid) if sweep and uid is not None else None
 
         def make_plan() -> planning.Plan:
             return planning.plan(planning.Inputs(
                 name=name, namespace=namespace, uid=uid, generation=meta.get("generation"),
                 parsed=worker.parsed, status=current, jobs=jobs, pods=pods, facts=worker.facts, now=now,
-                options=self.config.options, conflicts=self.conflicts(worker)))
+                options=self.config.options, conflicts=self.conflicts(worker), services=services,
+                retry=(meta.get("annotations") or {}).get(ANNOTATION_RETRY)))
 
         result = make_plan()
         for _ in range(2):  # answer its store questions, plan again
@@ -221,6 +236,7 @@ class Runtime:
         known = set(worker.conflicts)
         if not await self.apply(worker, body, namespace, uid, result):
             return self.config.options.backoff_seconds
+        worker.services_swept = worker.services_swept or services is not None
         if set(worker.conflicts) - known:  # a name turned out to be another object's: say so, not "created"
             result = make_plan()
         if not isinstance(current, dict):
@@ -238,6 +254,20 @@ class Runtime:
             self.post(body, event)
         self.metrics.recipes.record(namespace, name, result.status)
         return result.requeue_after
+
+    async def own_services(self, namespace: str, name: str, uid: str) -> tuple[str, ...]:
+        """The Services this recipe object controls (label and owner UID: never another's)."""
+        found = await self.kube.list_services(namespace, f"{LABEL_RECIPE}={name}")
+        return tuple(sorted(str(s["metadata"]["name"]) for s in found
+                            if controller_of(s) == uid and (s["metadata"].get("labels") or {}).get(LABEL_RECIPE) == name))
+
+    def unseen_creations(self, worker: Worker, jobs: list[JobObs]) -> float | None:
+        """Seconds to wait for the index to show the Jobs this worker just created, or None to plan now."""
+        seen, now = {job.name for job in jobs}, time.monotonic()
+        for job_name, when in list(worker.created.items()):
+            if job_name in seen or now - when >= CREATED_WAIT_SECONDS:
+                del worker.created[job_name]
+        return 0.2 if worker.created else None
 
     def conflicts(self, worker: Worker) -> dict[str, str]:
         """Names known to belong to other objects, until it is time to try them again."""
@@ -277,7 +307,11 @@ class Runtime:
         try:
             for objects in result.create:
                 for obj in objects:
-                    if await self.kube.create(obj) or uid is None:
+                    if await self.kube.create(obj):
+                        if obj["kind"] == "Job":
+                            worker.created[obj["metadata"]["name"]] = time.monotonic()
+                        continue
+                    if uid is None:
                         continue
                     kind, name = obj["kind"], obj["metadata"]["name"]
                     owner = await self.kube.controller_uid(kind, namespace, name)
@@ -290,6 +324,8 @@ class Runtime:
                     if worker.first_time(why):
                         self.report(body, planning.Event("Warning", "NameConflict", why))
                     break
+            if result.workloads:  # before the Jobs: an inactive Workload is one Kueue will not unsuspend
+                await self.kube.set_workloads_active(namespace, dict(result.workloads))
             for job, suspend in result.suspend:
                 await self.kube.suspend_job(namespace, job, suspend)
             for kind, name in result.delete:
@@ -307,7 +343,13 @@ class Runtime:
     def post(self, body: Any, event: planning.Event) -> None:
         import kopf
 
-        kopf.event(body, type=event.type, reason=event.reason, message=redact(event.message)[:1000])
+        message = redact(event.message)[:1000]
+        kopf.event(body, type=event.type, reason=event.reason, message=message)
+        if self.config.notifier is not None:  # queued only: delivery never holds the reconcile
+            meta = body.get("metadata") or {}
+            notify = plain((body.get("spec") or {}).get("notify"))
+            self.config.notifier.notify(str(meta.get("namespace")), str(meta.get("name")), notify,
+                                        planning.Event(event.type, event.reason, message))
 
     def report(self, body: Any, event: planning.Event) -> None:
         """post(), for reports from inside error handling: a failure to post is only logged."""

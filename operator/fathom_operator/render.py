@@ -4,7 +4,9 @@ One Job per attempt, named `<recipe>-<stage>-<attempt>` (with a short hash of th
 names when that form could be read two ways: `job_name`) so a restarted operator finds what it
 created and no two recipes ever share a name. Sharded sampling stages and multi-node training are
 Indexed Jobs (pod i takes shard i / node rank i); multi-node training adds a headless Service for
-the torchrun rendezvous on index 0.
+the torchrun rendezvous on index 0. Placement per stage (recipe-level values as defaults): the Kueue
+queue and WorkloadPriorityClass as Job labels, the pods' PriorityClass and grace period, and the
+pool's Kueue topology on multi-node pod templates (docs/kueue.md).
 The stage's parameters travel as one JSON document (`fathom_jobs.specs.JobSpec`) in
 FATHOM_JOB_SPEC, every `$` doubled so the kubelet's `$(VAR)` expansion never touches it;
 credentials only by reference (`envFrom: secretRef`) - the operator never reads Secrets.
@@ -25,6 +27,14 @@ LABEL_RECIPE = "fathom.dev/recipe"
 LABEL_STAGE = "fathom.dev/stage"
 LABEL_ATTEMPT = "fathom.dev/attempt"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+# Kueue's Workload priority (a WorkloadPriorityClass; kueue.sigs.k8s.io/docs/concepts/workload_priority_class/).
+KUEUE_PRIORITY_LABEL = "kueue.x-k8s.io/priority-class"
+# Kueue Topology-Aware Scheduling, on the pod template (kueue.sigs.k8s.io/docs/concepts/topology_aware_scheduling/).
+KUEUE_TOPOLOGY_ANNOTATIONS = {"required": "kueue.x-k8s.io/podset-required-topology",
+                              "preferred": "kueue.x-k8s.io/podset-preferred-topology"}
+# A preempted or suspended training pod gets this long to finish a checkpoint upload before SIGKILL
+# (a 14B ZeRO-3 checkpoint is ~200 GB of shards); other stages keep Kubernetes' 30 s.
+TRAINING_GRACE_SECONDS = 900
 TORCHRUN_PORT = 29500
 DEFAULT_IMAGE = "ghcr.io/fathom-dev/fathom-{family}:" + __version__
 # Per-GPU defaults fit an 8x H100 node (p5/a3-class: ~200 vCPUs, ~2 TiB); CPU stages get a small pod.
@@ -88,6 +98,18 @@ def stage_gpus(spec: RecipeSpec, stage: StageCommon) -> int:
 
 def stage_pods(stage: StageCommon) -> int:
     return stage.nodes if stage.nodes > 1 else stage.shards
+
+
+def stage_queue(spec: RecipeSpec, stage: StageCommon) -> str | None:
+    """The stage's Kueue LocalQueue: its own, else the recipe's."""
+    return stage.queue_name or spec.queue_name
+
+
+def stage_grace_seconds(stage: StageCommon) -> int | None:
+    """terminationGracePeriodSeconds of the stage's pods; None: Kubernetes' default (30 s)."""
+    if stage.termination_grace_period_seconds is not None:
+        return stage.termination_grace_period_seconds
+    return TRAINING_GRACE_SECONDS if registry.stage_type(stage.type).trains else None
 
 
 def stage_image(spec: RecipeSpec, stage: StageCommon) -> str:
@@ -217,8 +239,11 @@ def render_stage(recipe: FathomRecipe, stage_name: str, attempt: int = 0, *, nam
                     uid=uid)
     document = job_spec(recipe, stage, attempt, namespace, resume_from)
     meta_labels = labels(recipe.metadata.name, stage.name, attempt)
-    if spec.queue_name:
-        meta_labels[KUEUE_QUEUE_LABEL] = spec.queue_name
+    queue = stage_queue(spec, stage)
+    if queue:
+        meta_labels[KUEUE_QUEUE_LABEL] = queue
+    if workload_priority := stage.workload_priority_class or spec.workload_priority_class:
+        meta_labels[KUEUE_PRIORITY_LABEL] = workload_priority
     metadata: dict[str, Any] = {
         "name": name,
         "namespace": namespace,
@@ -274,13 +299,21 @@ def render_stage(recipe: FathomRecipe, stage_name: str, attempt: int = 0, *, nam
         pod_spec["serviceAccountName"] = spec.service_account_name
     if stage.nodes > 1:
         pod_spec["subdomain"] = service_name(name)
+    if priority := stage.priority_class_name or spec.priority_class_name:
+        pod_spec["priorityClassName"] = priority
+    if (grace := stage_grace_seconds(stage)) is not None:
+        pod_spec["terminationGracePeriodSeconds"] = grace
+    template_meta: dict[str, Any] = {"labels": dict(meta_labels)}
+    if stage.nodes > 1 and pool.topology is not None:
+        # One podset of `nodes` pods: Kueue places them all within one domain of the level (or prefers to).
+        template_meta["annotations"] = {KUEUE_TOPOLOGY_ANNOTATIONS[pool.topology.mode]: pool.topology.level}
     job_spec_body: dict[str, Any] = {
         # Retries are the operator's (new Job per attempt, with backoff and a preemption rule).
         "backoffLimit": 0,
         "completions": pods,
         "parallelism": pods,
-        "suspend": bool(suspend or spec.queue_name),
-        "template": {"metadata": {"labels": dict(meta_labels)}, "spec": pod_spec},
+        "suspend": bool(suspend or queue),
+        "template": {"metadata": template_meta, "spec": pod_spec},
     }
     if indexed:
         job_spec_body["completionMode"] = "Indexed"

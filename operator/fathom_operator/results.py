@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from fathom_jobs.redact import redact
+from fathom_jobs.report import usd_text
 
 from .api.status import BenchmarkResult, RecipeStatus
 
@@ -125,11 +126,11 @@ def length_table(table: Table) -> str:
 def cost_table(costs: Mapping[str, Mapping[str, Any]]) -> str:
     """costs: {stage: {gpuHours, costUSD, phase?}} in stage order."""
     with_phase = any("phase" in c for c in costs.values())
-    rows = [[stage, *([c.get("phase", "")] if with_phase else []), _num(c.get("gpuHours")), _num(c.get("costUSD"))]
-            for stage, c in costs.items()]
+    rows = [[stage, *([c.get("phase", "")] if with_phase else []), _num(c.get("gpuHours")),
+             usd_text(None if c.get("costUSD") is None else float(c["costUSD"]))] for stage, c in costs.items()]
     rows.append(["total", *([""] if with_phase else []),
                  _num(sum(float(c.get("gpuHours") or 0) for c in costs.values())),
-                 _num(sum(float(c.get("costUSD") or 0) for c in costs.values()))])
+                 usd_text(sum(float(c.get("costUSD") or 0) for c in costs.values()))])
     header = ["stage", *(["phase"] if with_phase else []), "GPU-hours", "USD"]
     return "Cost per stage\n" + format_table(header, rows)
 

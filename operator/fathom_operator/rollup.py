@@ -31,12 +31,12 @@ from .api.status import (
 )
 from .conditions import DONE, current_stage, progress_percent, set_condition, stage_list
 from .cost import format_usd, rounded
+from .field_errors import FieldError
 from .fingerprints import changed_stages
 from .observe import format_time
 from .render import produces_results, stage_by_name
 from .results import eval_status, merge_results
 from .store_reader import Fact
-from .validate import FieldError
 
 EVENT_LIMIT = 1000  # Event messages are capped at 1 KiB by the API server
 RESULTS_LIMIT = 256 * 1024  # an eval stage's results larger than this stay in the store, not the status

@@ -1,4 +1,5 @@
-"""`fathom operator` and `fathom cost`: the cluster-facing commands (kopf and the client load lazily)."""
+"""`fathom operator`, `fathom cost` and `fathom retry`: the cluster-facing commands (kopf and the client
+load lazily)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from .cost import cost_table
 
 SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 GLOB = set("*?[")
+NOTIFICATIONS_DIR = "/etc/fathom-notifications"
 
 
 def add_operator_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,6 +27,12 @@ def add_operator_arguments(parser: argparse.ArgumentParser) -> None:
                       help="Run without kopf peering (also the default without --peering; the Helm chart runs one replica).")
     mode.add_argument("--peering", metavar="NAME", help="Coordinate with other operator replicas via kopf peering NAME.")
     parser.add_argument("--metrics-port", type=int, default=0, help="Serve /metrics and /healthz on this port (0: off).")
+    parser.add_argument("--liveness-port", type=int, default=0,
+                        help="Serve kopf's liveness endpoint at /healthz on this port (0: off): it answers from the "
+                             "operator's own event loop, only once startup is done; a stuck loop fails it.")
+    parser.add_argument("--notifications-dir", default=os.environ.get("FATHOM_NOTIFICATIONS_DIR", NOTIFICATIONS_DIR),
+                        help="Webhooks for spec.notify: <dir>/<name>/url, each from a Secret "
+                             f"(default: $FATHOM_NOTIFICATIONS_DIR or {NOTIFICATIONS_DIR}).")
     parser.add_argument("--defaults", help="Operator defaults (storage, nodePools, images) as the Helm chart mounts them.")
     parser.add_argument("--resync-seconds", type=float, default=None,
                         help="Reconcile every recipe at least this often; running costs are at most this stale "
@@ -84,9 +92,14 @@ def cmd_operator(args: argparse.Namespace) -> int:
 
     from . import handlers  # noqa: F401 - registers the handlers
     from .metrics import OperatorMetrics
+    from .notify import Notifier, load_webhooks
     from .reconcile import OperatorConfig
 
-    config = OperatorConfig.from_env(defaults=defaults, kubeconfig=args.kubeconfig, metrics=OperatorMetrics())
+    metrics = OperatorMetrics()
+    webhooks = load_webhooks(args.notifications_dir)
+    notifier = Notifier(webhooks, on_result=lambda hook, result: metrics.notifications.labels(hook, result).inc()) \
+        if webhooks else None
+    config = OperatorConfig.from_env(defaults=defaults, kubeconfig=args.kubeconfig, metrics=metrics, notifier=notifier)
     if args.resync_seconds is not None:
         if args.resync_seconds <= 0:
             return _fail("--resync-seconds must be above 0")
@@ -103,16 +116,23 @@ def cmd_operator(args: argparse.Namespace) -> int:
         config.metrics.serve(args.metrics_port)
     where = "all namespaces" if args.all_namespaces else ", ".join(namespaces)
     logging.getLogger("fathom.operator").info("watching FathomRecipes in %s", where)
-    kopf.run(standalone=not args.peering, peering_name=args.peering, clusterwide=args.all_namespaces,
-             namespaces=namespaces, settings=settings, memo=kopf.Memo(config=config))
+    if webhooks:
+        logging.getLogger("fathom.operator").info("notifications: webhooks %s", ", ".join(w.name for w in webhooks))
+    liveness = f"http://0.0.0.0:{args.liveness_port}/healthz" if args.liveness_port else None
+    try:
+        kopf.run(standalone=not args.peering, peering_name=args.peering, clusterwide=args.all_namespaces,
+                 namespaces=namespaces, settings=settings, memo=kopf.Memo(config=config), liveness_endpoint=liveness)
+    finally:
+        if notifier is not None:
+            notifier.close()  # what is queued still goes out, briefly
     return 0
 
 
-def cmd_cost(args: argparse.Namespace) -> int:
+def _read_recipe(args: argparse.Namespace, namespace: str) -> dict[str, Any] | int:
+    """The recipe named on the command line, or the exit code after saying in one line why not."""
     from .kube import Kube, api_message
 
     kube = Kube(_configuration(args.kubeconfig), threads=1)
-    namespace = args.namespace or current_namespace(args.kubeconfig)
     try:
         found = kube.get_recipe(namespace, args.name)
     except Exception as exc:  # API errors (403, unreachable server) in one line
@@ -121,9 +141,80 @@ def cmd_cost(args: argparse.Namespace) -> int:
         kube.close()
     if found is None:
         return _fail(f"no FathomRecipe {args.name!r} in namespace {namespace!r}")
+    return dict(found)
+
+
+def cmd_cost(args: argparse.Namespace) -> int:
+    namespace = args.namespace or current_namespace(args.kubeconfig)
+    found = _read_recipe(args, namespace)
+    if isinstance(found, int):
+        return found
     status = found.get("status") or {}
     if not status.get("stages"):
         print(f"{args.name}: no cost yet (the operator has not reported on it)")
         return 0
     sys.stdout.write(cost_table(args.name, status, budget=(found.get("spec") or {}).get("budgetUSD")))
+    return 0
+
+
+def add_retry_arguments(parser: argparse.ArgumentParser) -> None:
+    add_cost_arguments(parser)
+    parser.add_argument("stage", help="The Failed stage to run again (the stages downstream of it follow).")
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    """Annotate the recipe with fathom.dev/retry=<stage>@<UTC time>; the operator acts on it once."""
+    from datetime import UTC, datetime
+
+    import kubernetes
+
+    from .api.recipe import GROUP, PLURAL, VERSION
+    from .kube import api_message
+    from .retry import ANNOTATION_RETRY, BUSY
+
+    namespace = args.namespace or current_namespace(args.kubeconfig)
+    where = f"FathomRecipe {namespace}/{args.name}"
+    with kubernetes.client.ApiClient(_configuration(args.kubeconfig)) as client:
+        api = kubernetes.client.CustomObjectsApi(client)
+        try:
+            found = api.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, args.name)
+        except Exception as exc:  # API errors in one line
+            if getattr(exc, "status", None) == 404:
+                return _fail(f"no FathomRecipe {args.name!r} in namespace {namespace!r}")
+            return _fail(f"cannot read {where}: {api_message(exc)}")
+        stages = [s.get("name") for s in (found.get("spec") or {}).get("stages") or [] if isinstance(s, dict)]
+        if args.stage not in stages:
+            return _fail(f"{where} has no stage {args.stage!r}; its stages: {', '.join(map(str, stages))}")
+        status = found.get("status") or {}
+        phase = ((status.get("stages") or {}).get(args.stage) or {}).get("phase") or "Pending"
+        if phase in BUSY:
+            return _fail(f"{args.stage} is {phase}: it is still running (or retrying by itself); "
+                         "retry it once it has failed")
+        if phase != "Failed":
+            failed = [n for n, s in (status.get("stages") or {}).items() if (s or {}).get("phase") == "Failed"]
+            hint = f" (the failed stage is {failed[0]})" if failed else ""
+            return _fail(f"{args.stage} is {phase}: only a Failed stage can be retried{hint}")
+        value = f"{args.stage}@{datetime.now(UTC):%Y%m%dT%H%M%S.%fZ}"
+        try:
+            api.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, args.name,
+                                               {"metadata": {"annotations": {ANNOTATION_RETRY: value}}})
+        except Exception as exc:
+            return _fail(f"cannot annotate {where}: {api_message(exc)}")
+    print(f"{args.name}: retry of {args.stage} requested ({ANNOTATION_RETRY}={value}); "
+          f"kubectl describe frecipe {args.name} shows what the operator did with it")
+    return 0
+
+
+def cmd_report_cluster(args: argparse.Namespace) -> int:
+    """`fathom report NAME --kubeconfig FILE`: the tables from the recipe's status, read through FILE."""
+    from fathom_jobs.redact import redact
+
+    from .results import report_from_status
+
+    namespace = args.namespace or current_namespace(args.kubeconfig)
+    found = _read_recipe(args, namespace)
+    if isinstance(found, int):
+        return found
+    status = found.get("status") or {}
+    sys.stdout.write(redact(report_from_status(status, title=f"{namespace}/{args.name} ({status.get('phase', 'Pending')})")))
     return 0

@@ -126,3 +126,35 @@ def test_the_operator_pod_meets_pod_security_restricted():
     for values in ({}, ALL_ON):
         deployment = next(o for o in render(values) if o["kind"] == "Deployment")
         assert restricted_violations(deployment["spec"]["template"]["spec"]) == []
+
+
+def test_probes_use_kopfs_liveness_endpoint_on_its_own_port():
+    deployment = next(o for o in render({}) if o["kind"] == "Deployment")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert "--liveness-port=8081" in container["args"] and "--metrics-port=8080" in container["args"]
+    assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"metrics": 8080, "health": 8081}
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert container["livenessProbe"]["failureThreshold"] == 3
+    assert {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}} in container["env"]
+
+
+def test_notification_webhooks_come_from_secrets_mounted_as_files():
+    values = {"notifications": {"webhooks": [{"name": "ml-team", "secretName": "fathom-slack", "secretKey": "hook"},
+                                             {"name": "oncall", "secretName": "pager"}]}}
+    objects = render(values)
+    for obj in objects:
+        kubernetes_validate.validate(obj, K8S_VERSIONS[-1], strict=True)
+    pod = next(o for o in objects if o["kind"] == "Deployment")["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert "--notifications-dir=/etc/fathom-notifications" in container["args"]
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert mounts["webhook-0"] == "/etc/fathom-notifications/ml-team"
+    assert mounts["webhook-1"] == "/etc/fathom-notifications/oncall"
+    volumes = {v["name"]: v.get("secret") for v in pod["volumes"]}
+    assert volumes["webhook-0"] == {"secretName": "fathom-slack", "items": [{"key": "hook", "path": "url"}]}
+    assert volumes["webhook-1"] == {"secretName": "pager", "items": [{"key": "url", "path": "url"}]}
+    assert "fathom-slack" not in yaml.safe_dump(next(o for o in objects if o["kind"] == "ConfigMap"))
+    default = next(o for o in render({}) if o["kind"] == "Deployment")["spec"]["template"]["spec"]
+    assert not any(v["name"].startswith("webhook-") for v in default["volumes"])
+    assert not any(a.startswith("--notifications-dir") for a in default["containers"][0]["args"])

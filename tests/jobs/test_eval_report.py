@@ -87,6 +87,13 @@ def test_markdown_tables():
     assert "- model fathom-r1-14b: s3://runs/ml/r/fathom-r1-14b/" in markdown
 
 
+def test_cpu_stages_show_their_fractions_of_a_cent():
+    costs = {"corpus": {"gpuHours": 0.0, "costUSD": 0.0}, "solve": {"gpuHours": 0.0, "costUSD": 0.0006}}
+    markdown = render_markdown(RESULTS, costs=costs, meta=META)
+    assert "| corpus | 0.00 | 0.00 |" in markdown and "| solve | 0.00 | 0.0006 |" in markdown
+    assert "| total | 0.00 | 0.0006 |" in markdown
+
+
 def test_report_files_are_deterministic(tmp_path):
     first = write_report(tmp_path / "a", RESULTS, costs=COSTS, meta=META)
     second = write_report(tmp_path / "b", RESULTS, costs=COSTS, meta=META)

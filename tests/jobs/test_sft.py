@@ -389,7 +389,7 @@ def _node_process(rank: int, port: int, store_uri: str, local_root: str) -> None
     """One process per "node" (gloo on CPU): each has its own disk with its own ZeRO shard."""
     import torch.distributed as dist
 
-    from fathom_jobs.training import upload_checkpoint
+    from fathom_jobs.checkpoints import upload_checkpoint
 
     os.environ.update({"LOCAL_WORLD_SIZE": "1", "LOCAL_RANK": "0"})
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)

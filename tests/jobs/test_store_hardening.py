@@ -230,7 +230,7 @@ def test_a_corrupt_row_part_is_discarded_not_resumed(tmp_path):
 
 
 def test_training_resume_skips_a_corrupt_checkpoint_for_the_previous_complete_one(tmp_path, monkeypatch):
-    from fathom_jobs import training
+    from fathom_jobs import checkpoints
     from fathom_jobs.specs import JobSpec
 
     monkeypatch.setenv("FATHOM_CACHE_DIR", str(tmp_path / "cache"))
@@ -246,13 +246,13 @@ def test_training_resume_skips_a_corrupt_checkpoint_for_the_previous_complete_on
     store.write_bytes("checkpoints/step-4/global_step/optim.pt", bytes(b ^ 0xFF for b in data))  # same size, rotten
     job = JobSpec(recipe="r", namespace="ml", stage="sft", type="sft", attempt=1, params={}, output=out,
                   resume_from=store.uri_of("checkpoints/step-4"))
-    point = training.resume_point(job, store, "fp")
+    point = checkpoints.resume_point(job, store, "fp")
     assert point == (2, store.uri_of("checkpoints/step-2"))
-    assert training.resume_point(job, store, "fp") == point  # the node's other ranks read the same decision
-    target = training.download_resume(point, job, tmp_path / "trainer")
+    assert checkpoints.resume_point(job, store, "fp") == point  # the node's other ranks read the same decision
+    target = checkpoints.download_resume(point, job, tmp_path / "trainer")
     assert json.loads((target / "trainer_state.json").read_text()) == {"global_step": 2}
     # Nothing intact at all: start over, never crash.
     data = store.read_bytes("checkpoints/step-2/trainer_state.json")
     store.write_bytes("checkpoints/step-2/trainer_state.json", data.replace(b"2", b"3"))
     fresh = job.model_copy(update={"attempt": 2})
-    assert training.resume_point(fresh, store, "fp") is None
+    assert checkpoints.resume_point(fresh, store, "fp") is None

@@ -1,6 +1,6 @@
-"""What the sft and grpo stages share (fathom_jobs.training): checkpoints from many nodes, the
-collective timeout, where training logs go, and the final bf16 save — with a fake world of
-threads and a file store, no GPU."""
+"""What the sft and grpo stages share (fathom_jobs.training, .checkpoints, .final_model): checkpoints
+from many nodes, the collective timeout, where training logs go, and the final bf16 save — with a
+fake world of threads and a file store, no GPU."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from fathom_jobs import training
+from fathom_jobs import checkpoints, final_model, training
 from fathom_jobs.errors import StageInputError
 from fathom_jobs.inputs import store_for
 from fathom_jobs.specs import GrpoParams, SftParams
@@ -30,7 +30,7 @@ class ThreadWorld:
         self.sync = threading.Barrier(size, timeout=60)
         self.slots: list = [None] * size
 
-    def world(self, rank: int, per_node: int) -> training.World:
+    def world(self, rank: int, per_node: int) -> checkpoints.World:
         def all_gather(obj):
             self.sync.wait()
             self.slots[rank] = obj
@@ -39,7 +39,7 @@ class ThreadWorld:
             self.sync.wait()
             return gathered
 
-        return training.World(rank, self.size, rank % per_node, self.sync.wait, all_gather)
+        return checkpoints.World(rank, self.size, rank % per_node, self.sync.wait, all_gather)
 
     def run(self, per_node: int, work) -> None:
         errors: list[BaseException] = []
@@ -122,7 +122,7 @@ def test_every_node_uploads_its_own_shards_at_once_and_rank_zero_commits_after_a
 
     def work(rank, world):
         local = nodes_root / f"node{rank // 2}" / "trainer" / "checkpoint-7"
-        training.upload_checkpoint(store, 7, local, keep=2, extra={"fingerprint": "f"}, world=world)
+        checkpoints.upload_checkpoint(store, 7, local, keep=2, extra={"fingerprint": "f"}, world=world)
 
     ThreadWorld(4).run(per_node=2, work=work)
 
@@ -156,14 +156,14 @@ def test_a_single_process_commits_and_prunes_the_same_way(tmp_path):
     store = store_for(file_uri(tmp_path / "store" / "sft"))
     for step in (2, 4, 6):
         local = write_node_checkpoint(tmp_path / "nodes", 0, step, range(1))
-        training.upload_checkpoint(store, step, local, keep=2, extra={"fingerprint": "f"})
+        checkpoints.upload_checkpoint(store, step, local, keep=2, extra={"fingerprint": "f"})
         assert not local.exists()
     assert sorted({key.split("/")[1] for key in store.list("checkpoints")}) == ["step-4", "step-6"]
     assert store.read_manifest("checkpoints/step-6").extra == {"step": 6, "fingerprint": "f", "nodes": 1}
 
 
 def test_assign_uploads_takes_each_file_once_from_the_first_node_that_has_it():
-    assert training.assign_uploads([{"a": 1, "shared": 1}, {"b": 1, "shared": 1}, {}]) == [["a", "shared"], ["b"], []]
+    assert checkpoints.assign_uploads([{"a": 1, "shared": 1}, {"b": 1, "shared": 1}, {}]) == [["a", "shared"], ["b"], []]
 
 
 def test_the_collective_timeout_covers_the_upload(tmp_path):
@@ -177,7 +177,7 @@ def test_the_collective_timeout_covers_the_upload(tmp_path):
 def test_the_last_step_writes_no_checkpoint():
     from transformers import TrainerControl, TrainerState
 
-    callback = training.StoreCheckpoints(store=None, keep=2, fingerprint="f")
+    callback = checkpoints.StoreCheckpoints(store=None, keep=2, fingerprint="f")
     control = TrainerControl(should_save=True)
     callback.on_step_end(None, TrainerState(global_step=4, max_steps=5), control)
     assert control.should_save  # a periodic checkpoint stays
@@ -239,11 +239,11 @@ def test_weights_already_in_bf16_are_written_once(tmp_path):
     (model / "config.json").write_text('{"torch_dtype": "float32"}')
     save_file({"w": torch.ones(4, dtype=torch.bfloat16), "step": torch.tensor([3])}, str(model / "model.safetensors"))
     written = (model / "model.safetensors").stat().st_mtime_ns
-    training.cast_safetensors(model, "bfloat16")
+    final_model.cast_safetensors(model, "bfloat16")
     assert (model / "model.safetensors").stat().st_mtime_ns == written  # not rewritten
     assert (model / "config.json").read_text().count('"dtype": "bfloat16"') == 1
 
     save_file({"w": torch.ones(4), "step": torch.tensor([3])}, str(model / "model.safetensors"))
-    training.cast_safetensors(model, "bfloat16")  # fp32 (the CPU path): rewritten in bf16
+    final_model.cast_safetensors(model, "bfloat16")  # fp32 (the CPU path): rewritten in bf16
     tensors = load_file(str(model / "model.safetensors"))
     assert tensors["w"].dtype == torch.bfloat16 and tensors["step"].dtype == torch.int64

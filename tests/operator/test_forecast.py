@@ -110,8 +110,9 @@ def test_tiny_cpu_example():
     assert any("no known shape" in w for w in fc.warnings)
     shaped = forecast(recipe("tiny-cpu"), model=TINY_MODEL)
     assert not any("no known shape" in w for w in shaped.warnings)
-    assert row(shaped, "corpus").basis[0] == "problems 48 maxProblems"
-    assert row(shaped, "sft-curriculum").basis[1].startswith("2,048 tokens")  # maxSteps 4 x 512-token blocks
+    assert row(shaped, "corpus").basis[0] == "problems 64 maxProblems"
+    # 6 chains (10% of 64, assumed) x 256-token packed blocks x 2 passes x 3 epochs
+    assert row(shaped, "sft-curriculum").basis[1].startswith("9,830 tokens = chains x 256 tokens x 2 passes x 3 epochs")
     assert "TOTAL" in render_table(shaped)
 
 
@@ -125,6 +126,27 @@ def test_counts_flow_from_hints_and_measured_values_replace_them():
                     measured={"corpus": {"problems": 20_000}})
     assert row(both, "corpus").basis[0] == "problems 20,000 measured"
     assert row(both, "solve").gpu_hours < row(hinted, "solve").gpu_hours
+
+
+def test_sampling_only_what_the_difficulty_filter_keeps_and_fp8_kv_are_credited():
+    def solve(edit):
+        def change(document):
+            edit(next(s for s in document["spec"]["stages"] if s["name"] == "solve"))
+        return forecast(recipe("fathom-r1-14b", change))
+
+    shipped = forecast(recipe("fathom-r1-14b"))  # difficulty >= 5 first, fp8 KV cache
+    unfiltered = solve(lambda s: s.pop("select"))
+    bf16_kv = solve(lambda s: s.update(kvCacheDtype="auto"))
+    # Ratings assumed even over 1-10: difficulty 5-10 keeps 6 of 10 problems.
+    assert row(shipped, "solve").gpu_hours == pytest.approx(row(unfiltered, "solve").gpu_hours * 0.6, rel=0.01)
+    assert "problems 60,000 after select.difficulty [5, 10]" in "\n".join(row(shipped, "solve").basis)
+    # The seeds' set sizes are fractions of the whole corpus, filtered before sampling or not.
+    assert row(shipped, "curriculum-set").basis[-3].startswith("rows 5,000 (corpus assumed x keepFraction 0.05")
+    # An fp8 cache holds twice the sequences and each decode step reads half the cache bytes.
+    assert 1.5 < row(bf16_kv, "solve").gpu_hours / row(shipped, "solve").gpu_hours < 2.5
+    assert "KV cache fp8" in "\n".join(row(shipped, "solve").basis)
+    hinted = forecast(recipe("fathom-r1-14b"), hints={"solve": {"problems": 20_000}})
+    assert "problems 20,000 (hinted)" in row(hinted, "solve").basis[0]  # a hint is the filtered count itself
 
 
 def test_measured_gpu_hours_and_mean_tokens():

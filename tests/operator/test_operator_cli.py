@@ -5,13 +5,12 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import sys
-import urllib.request
 
 import pytest
 
 from fathom_operator import cli
+from tests.support.helpers import free_port, http_get
 from tests.support.operator_harness import (
     Cluster,
     JobController,
@@ -24,16 +23,6 @@ from tests.support.operator_harness import (
 
 pytestmark = [pytest.mark.kmock(cls=Cluster), pytest.mark.timeout(90)]
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def get(url: str) -> str:
-    with urllib.request.urlopen(url, timeout=5) as response:
-        return response.read().decode()
 
 
 @pytest.mark.asyncio
@@ -50,8 +39,8 @@ async def test_fathom_operator_runs_namespaced_serves_metrics_and_stops_cleanly(
         await until(lambda: "r-corpus-0" in JobController(cluster).jobs(), timeout=40, what="the first Job")
         await until(lambda: stage_phase(cluster, "corpus") == "Waiting", what="the status")
         assert JobController(cluster, "elsewhere").jobs() == {}  # namespace-scoped
-        assert await asyncio.to_thread(get, f"http://127.0.0.1:{port}/healthz") == "ok\n"
-        metrics = await asyncio.to_thread(get, f"http://127.0.0.1:{port}/metrics")
+        assert await asyncio.to_thread(http_get, f"http://127.0.0.1:{port}/healthz") == "ok\n"
+        metrics = await asyncio.to_thread(http_get, f"http://127.0.0.1:{port}/metrics")
         assert 'fathom_recipes{phase="Running"} 1.0' in metrics
     finally:
         process.send_signal(signal.SIGINT)

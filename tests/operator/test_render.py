@@ -122,6 +122,18 @@ def test_kueue_queue_creates_suspended_labelled_jobs():
     assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
 
 
+def test_training_pods_get_a_checkpoint_grace_period_and_queue_per_stage():
+    doc = example("fathom-r1-14b.yaml")
+    doc["spec"]["queueName"] = "team-a"
+    doc["spec"]["stages"][6]["queueName"] = "team-a-gpu"
+    r = validate_document(doc)
+    sft, solve = render_stage(r, "sft-shortest", 0)[0], render_stage(r, "solve", 0)[0]
+    assert sft["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 900
+    assert "terminationGracePeriodSeconds" not in solve["spec"]["template"]["spec"]
+    assert sft["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a-gpu"
+    assert solve["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
+
+
 def test_cpu_stage_requests_no_gpu_and_uses_its_family_image():
     job = render_stage(recipe("fathom-r1-14b.yaml"), "corpus", 0)[0]
     container = job["spec"]["template"]["spec"]["containers"][0]

@@ -121,6 +121,14 @@ BROKEN = [
      "gradientAccumulationSteps 8 = 128) must be divisible by numGenerations 6"),
     ("bad-secret-name", R1, lambda d: d["spec"]["storage"].update(credentialsSecret="S3_Creds"),
      "spec.storage.credentialsSecret: 'S3_Creds' is not a valid Secret name (DNS-1123 subdomain)"),
+    ("bad-stage-queue", R1, lambda d: _stage(d, "sft-shortest").update(queueName="GPU_Queue"),
+     "spec.stages[6].queueName: 'GPU_Queue' is not a LocalQueue name (DNS-1123 subdomain of at most 63 "
+     "characters: it is a label value)"),
+    ("grace-period-over-a-day", R1, lambda d: _stage(d, "sft-shortest").update(terminationGracePeriodSeconds=90000),
+     "spec.stages[6].terminationGracePeriodSeconds: Input should be less than or equal to 86400, got 90000"),
+    ("bad-topology-level", R1, lambda d: d["spec"]["nodePools"]["h100"].update(topology={"level": "a rack"}),
+     "spec.nodePools.h100.topology.level: 'a rack' is not a node label key (a level of the Kueue Topology, "
+     "e.g. cloud.provider.com/topology-rack)"),
     ("wrong-api-version", R1, lambda d: d.update(apiVersion="fathom.dev/v1"),
      "apiVersion: expected fathom.dev/v1alpha1, got 'fathom.dev/v1'"),
     ("wrong-kind", R1, lambda d: d.update(kind="Recipe"),

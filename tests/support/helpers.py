@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import socket
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -23,3 +25,15 @@ def example(name: str) -> dict[str, Any]:
 
 def stage_index(doc: dict[str, Any], name: str) -> int:
     return next(i for i, s in enumerate(doc["spec"]["stages"]) if s["name"] == name)
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (for a server a test starts)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def http_get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return str(response.read().decode())

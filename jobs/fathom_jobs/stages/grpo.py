@@ -22,10 +22,11 @@ import shutil
 import time
 from typing import Any
 
-from .. import launch, training
+from .. import checkpoints, launch, training
 from ..datasets import read_dataset
 from ..errors import StageInputError
 from ..inputs import fetch
+from ..preemption import Preemption, train_then_commit
 from ..rewards import MAX_RANK_SAFE_WEIGHT, chain_rewards, is_capped
 from ..specs import GrpoParams, JobSpec
 
@@ -187,9 +188,9 @@ def train(job: JobSpec, params: GrpoParams, store, fingerprint: str) -> None:
             shutil.rmtree(workdir, ignore_errors=True)  # leftovers of an earlier run of this attempt
         model_dir = fetch(params.model, kind="model", storage=job.storage)
         table = read_dataset(params.data, job.storage)
-        point = training.resume_point(job, store, fingerprint)
+        point = checkpoints.resume_point(job, store, fingerprint)
         if point is not None and args.local_process_index == 0:
-            training.download_resume(point, job, workdir / "trainer")
+            checkpoints.download_resume(point, job, workdir / "trainer")
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     prompts = rl_rows(table.to_pylist(), params.system_prompt)
     if args.use_vllm:  # vLLM reserves KV cache for its max length: no more than a prompt + its cap
@@ -198,16 +199,13 @@ def train(job: JobSpec, params: GrpoParams, store, fingerprint: str) -> None:
                           add_special_tokens=False)["input_ids"]) for p in prompts)
     resume_dir = workdir / "trainer" / f"checkpoint-{point[0]}" if point else None
 
-    callbacks = [training.StoreCheckpoints(store, params.keep_checkpoints, fingerprint),
+    preemption = Preemption()
+    # The preemption callback after StoreCheckpoints: it may re-enable the save that one cancels.
+    callbacks = [checkpoints.StoreCheckpoints(store, params.keep_checkpoints, fingerprint),
                  training.StoreProgress(store, metric_keys=("reward", "accuracy", "completions/mean_length")),
-                 *training.report_callbacks(job, params, args, store, workdir)]
+                 *training.report_callbacks(job, params, args, store, workdir), preemption.callback]
     with Grader("strict") as grader:
         trainer = build_trainer(params, model_dir, tokenizer, prompts, args, grader, callbacks)
-        output = trainer.train(resume_from_checkpoint=str(resume_dir) if resume_dir else None)
-
-    final_dir = workdir / "model"
-    training.save_final_model(trainer, tokenizer, final_dir)
-    if trainer.is_world_process_zero():
-        metrics = {**training.training_metrics(trainer, output, started, point[0] if point else None),
-                   "prompts": len(prompts), **reward_summary(trainer.state.log_history)}
-        training.commit_model(store, final_dir, fingerprint, metrics)
+        train_then_commit(trainer, tokenizer, preemption, store=store, fingerprint=fingerprint, workdir=workdir,
+                          resume_dir=resume_dir, started=started, resumed_from=point[0] if point else None,
+                          metrics=lambda t: {"prompts": len(prompts), **reward_summary(t.state.log_history)})

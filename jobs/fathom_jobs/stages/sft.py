@@ -28,10 +28,11 @@ import shutil
 import time
 from typing import Any
 
-from .. import training
+from .. import checkpoints, training
 from ..datasets import read_dataset, require_columns
 from ..errors import StageInputError
 from ..inputs import fetch
+from ..preemption import Preemption, train_then_commit
 from ..specs import JobSpec, SftParams
 
 log = logging.getLogger("fathom_jobs.sft")
@@ -169,12 +170,12 @@ def train(job: JobSpec, params: SftParams, store, fingerprint: str) -> None:
             shutil.rmtree(workdir, ignore_errors=True)  # leftovers of an earlier run of this attempt
         model_dir = fetch(params.model, kind="model", storage=job.storage)
         table = read_dataset(params.data, job.storage)
-        point = training.resume_point(job, store, fingerprint)
+        point = checkpoints.resume_point(job, store, fingerprint)
         resume_dir = None
         if point is not None:
             resume_dir = workdir / "trainer" / f"checkpoint-{point[0]}"
             if args.local_process_index == 0:
-                training.download_resume(point, job, workdir / "trainer")
+                checkpoints.download_resume(point, job, workdir / "trainer")
     require_columns(table, ("prompt", "completion"), params.data)
 
     from transformers import AutoTokenizer
@@ -182,14 +183,11 @@ def train(job: JobSpec, params: SftParams, store, fingerprint: str) -> None:
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     examples, stats = training_examples(table.to_pylist(), tokenizer, params)
     log.info("sft on %d chains x %d passes (%s)", stats["chains"], params.passes, stats)
-    callbacks = [training.StoreCheckpoints(store, params.keep_checkpoints, fingerprint), training.StoreProgress(store),
-                 *training.report_callbacks(job, params, args, store, workdir)]
+    preemption = Preemption()
+    # The preemption callback after StoreCheckpoints: it may re-enable the save that one cancels.
+    callbacks = [checkpoints.StoreCheckpoints(store, params.keep_checkpoints, fingerprint), training.StoreProgress(store),
+                 *training.report_callbacks(job, params, args, store, workdir), preemption.callback]
     trainer = build_trainer(params, model_dir, tokenizer, examples, args, callbacks)
-    output = trainer.train(resume_from_checkpoint=str(resume_dir) if resume_dir else None)
-
-    final_dir = workdir / "model"
-    training.save_final_model(trainer, tokenizer, final_dir)
-    if trainer.is_world_process_zero():
-        metrics = {**training.training_metrics(trainer, output, started, point[0] if point else None),
-                   **stats, "passes": params.passes}
-        training.commit_model(store, final_dir, fingerprint, metrics)
+    train_then_commit(trainer, tokenizer, preemption, store=store, fingerprint=fingerprint, workdir=workdir,
+                      resume_dir=resume_dir, started=started, resumed_from=point[0] if point else None,
+                      metrics=lambda _: {**stats, "passes": params.passes})

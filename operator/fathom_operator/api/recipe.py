@@ -42,6 +42,7 @@ MAX_STAGES = 200
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+MAX_GRACE_SECONDS = 86400  # a pod that takes longer to stop holds its GPUs against preemption for a day
 
 
 def _crd(**schema: Any) -> dict[str, Any]:
@@ -55,6 +56,14 @@ class Toleration(Spec):
     value: str | None = None
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
     toleration_seconds: int | None = Field(None, ge=INT64_MIN, le=INT64_MAX)
+
+
+class Topology(Spec):
+    level: str = Field(description="Node label of a level of the Kueue Topology behind the pool's ResourceFlavor "
+                                   "(e.g. cloud.provider.com/topology-rack).", **_crd(maxLength=317))
+    mode: Literal["required", "preferred"] = Field(
+        "preferred", description="required: all pods of the stage in one domain of that level, or not admitted; "
+        "preferred: Kueue goes up a level when one domain cannot hold them.")
 
 
 class NodePool(Spec):
@@ -74,6 +83,9 @@ class NodePool(Spec):
     gpu_memory_gib: float | None = Field(
         None, gt=0, le=4096, alias="gpuMemoryGiB",
         description="Memory of one GPU; default: from the nvidia.com/gpu.product nodeSelector label when known.")
+    topology: Topology | None = Field(
+        None, description="Kueue Topology-Aware Scheduling for the pool's multi-node stages (podset topology "
+        "annotation on their pods; docs/kueue.md).")
 
 
 class Storage(Spec):
@@ -115,6 +127,20 @@ class StageCommon(Spec):
     resources: Resources | None = None
     timeout_seconds: int | None = Field(None, gt=0, le=MAX_TIMEOUT_SECONDS,
                                         description="activeDeadlineSeconds of each attempt.")
+    queue_name: str | None = Field(None, description="Kueue LocalQueue of this stage's Jobs; default: spec.queueName.",
+                                   **_crd(maxLength=63, pattern=DNS_SUBDOMAIN_PATTERN))
+    priority_class_name: str | None = Field(
+        None, description="PriorityClass of the stage's pods (kube-scheduler priority and preemption; Kueue's "
+        "Workload priority too unless workloadPriorityClass is set); default: spec.priorityClassName.",
+        **_crd(maxLength=253, pattern=DNS_SUBDOMAIN_PATTERN))
+    workload_priority_class: str | None = Field(
+        None, description="Kueue WorkloadPriorityClass (label kueue.x-k8s.io/priority-class): the priority in the "
+        "queue and for Kueue's preemption, pods' priority unchanged; default: spec.workloadPriorityClass.",
+        **_crd(maxLength=63, pattern=DNS_SUBDOMAIN_PATTERN))
+    termination_grace_period_seconds: int | None = Field(
+        None, ge=0, le=MAX_GRACE_SECONDS, description="Seconds a pod has between SIGTERM (preemption, suspend, "
+        "deletion) and SIGKILL; default: 900 for training stages (a checkpoint upload can finish), else "
+        "Kubernetes' 30.")
     # Each type's model narrows this to its one name (the union's tag).
     type: str = Field(description=f"The stage type: {', '.join(registry.NAMES)} (a section each below).")
     estimate: EstimateHints | None = Field(
@@ -144,6 +170,21 @@ def stage_params(stage: StageCommon) -> specs.Spec:
     return params_model.model_validate(data)
 
 
+NotifyEvent = Literal["StageFailed", "BudgetExceeded", "Succeeded", "Failed"]
+DEFAULT_NOTIFY_EVENTS: tuple[NotifyEvent, ...] = ("StageFailed", "Failed")
+
+
+class Notify(Spec):
+    """Which events of this recipe the operator posts to the admin's webhooks (Helm notifications.webhooks)."""
+
+    events: list[NotifyEvent] = Field(
+        default_factory=lambda: list(DEFAULT_NOTIFY_EVENTS), max_length=4,
+        description="StageFailed: a stage out of retries; BudgetExceeded; Succeeded: the recipe; Failed: the "
+        "recipe (a failed stage, a spent budget, an invalid spec).")
+    webhooks: list[Annotated[str, Field(max_length=63)]] | None = Field(
+        None, max_length=16, description="Names of the operator's webhooks to use; default: all of them.")
+
+
 class RecipeSpec(Spec):
     base_model: str = Field(description="The starting model, referenced by stages as `base` (hf://, s3://, file://).")
     storage: Storage | None = Field(None, description="Required unless the operator has a default (Helm values).")
@@ -159,8 +200,15 @@ class RecipeSpec(Spec):
         "forecast: also start no stage whose forecast cost would take spending past the budget."
     )
     suspend: bool = Field(False, description="Suspend running Jobs and start nothing.")
-    queue_name: str | None = Field(None, description="Kueue LocalQueue; Jobs are created suspended for Kueue to admit.",
+    queue_name: str | None = Field(None, description="Kueue LocalQueue; Jobs are created suspended for Kueue to admit "
+                                   "(stages[].queueName overrides it).",
                                    **_crd(maxLength=63, pattern=DNS_SUBDOMAIN_PATTERN))
+    priority_class_name: str | None = Field(
+        None, description="PriorityClass of every stage's pods (stages[].priorityClassName overrides it).",
+        **_crd(maxLength=253, pattern=DNS_SUBDOMAIN_PATTERN))
+    workload_priority_class: str | None = Field(
+        None, description="Kueue WorkloadPriorityClass of every stage's Jobs (stages[].workloadPriorityClass "
+        "overrides it).", **_crd(maxLength=63, pattern=DNS_SUBDOMAIN_PATTERN))
     cache: bool = Field(True, description="Skip stages whose output already matches their inputs (memoization).")
     service_account_name: str | None = Field(
         None, description="ServiceAccount of the stage pods (one the operator's policy allows; default: the "
@@ -168,6 +216,8 @@ class RecipeSpec(Spec):
     model_info: ModelInfo | None = Field(
         None, description="The base model's shape for the forecast and the GPU memory check, when it is not "
         "DeepSeek-R1-Distill-Qwen-14B and its config.json is not at hand.")
+    notify: Notify | None = Field(None, description="Webhook notifications (none unless set; `notify: {}` = "
+                                  "StageFailed and Failed to every webhook the operator has).")
     stages: list[Stage] = Field(min_length=1, max_length=MAX_STAGES)
 
     @property

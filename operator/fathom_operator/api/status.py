@@ -16,7 +16,7 @@ from fathom_jobs.specs import Spec
 
 RecipePhase = Literal["Pending", "Running", "Succeeded", "Failed", "Suspended"]
 StagePhase = Literal["Pending", "Waiting", "Running", "Succeeded", "Cached", "Failed", "Skipped", "Suspended"]
-ConditionType = Literal["Ready", "Progressing", "Failed", "BudgetExceeded", "Suspended", "Invalid"]
+ConditionType = Literal["Ready", "Progressing", "Failed", "BudgetExceeded", "Suspended", "Invalid", "StoreReadable"]
 CONDITION_TYPES: tuple[ConditionType, ...] = typing.get_args(ConditionType)
 
 
@@ -63,6 +63,8 @@ class StageStatus(Spec):
     start_time: str | None = None
     completion_time: str | None = None
     next_retry_time: str | None = None
+    retry_from: int | None = Field(None, ge=0, description="Set by `fathom retry`: failed attempts numbered below "
+                                   "this no longer count against `retries`.")
     progress: StageProgress | None = None
     gpu_hours: float = 0.0
     cost_usd: float = Field(0.0, alias="costUSD")
@@ -126,3 +128,5 @@ class RecipeStatus(Spec):
         default_factory=dict, description="results.<model>.<benchmark> from eval stages."
     )
     report: str | None = Field(None, description="Store URI of the evaluation report (HTML).")
+    retried: str | None = Field(None, description="The last fathom.dev/retry annotation value the operator acted on "
+                                "(or refused); a value is acted on once.")
