@@ -103,7 +103,7 @@ def summary(run: LocalRun) -> str:
     for name, st in (status.get("stages") or {}).items():
         if st.get("phase") == "Failed":
             lines.append(f"  {name} failed: {st.get('message', '')}")
-    lines += ["", local_cost_table(run).rstrip(), "", report_from_status(status, title="Evaluation").rstrip()]
+    lines += ["", local_cost_table(run).rstrip(), "", report_from_status(status, title="Evaluation", with_costs=False).rstrip()]
     return "\n".join(lines)
 
 

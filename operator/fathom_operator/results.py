@@ -145,18 +145,22 @@ def format_report(table: Table, costs: Mapping[str, Mapping[str, Any]] | None, *
         parts.append(length_table(table))
     else:
         parts.append("No evaluation results yet.")
-    parts.append(cost_table(costs) if costs else no_costs)
+    if costs or no_costs:
+        parts.append(cost_table(costs) if costs else no_costs)
     parts += notes or []
     return "\n\n".join(parts) + "\n"
 
 
 # ----------------------------------------------------------------------------------- sources
-def report_from_status(status: Mapping[str, Any], title: str = "") -> str:
+def report_from_status(status: Mapping[str, Any], title: str = "", with_costs: bool = True) -> str:
+    """`with_costs=False` where a finer cost table is printed beside it (a local run's CPU-seconds)."""
     parsed = RecipeStatus.model_validate(status or {})
     table = {m: {b: r.model_dump(by_alias=True) for b, r in per.items()} for m, per in parsed.results.items()}
     costs = {name: {"phase": s.phase, "gpuHours": s.gpu_hours, "costUSD": s.cost_usd}
              for name, s in parsed.stages.items()}
     notes = [f"Report: {parsed.report}"] if parsed.report else []
+    if not with_costs:
+        return format_report(table, None, title=title, notes=notes, no_costs="")
     return format_report(table, costs, title=title, notes=notes)
 
 
