@@ -52,15 +52,22 @@ def _corpus() -> list[str]:
 
 
 def build_tokenizer(vocab_size: int = 1024):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    from tokenizers import Tokenizer, models, pre_tokenizers
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    return _trained(tok, _corpus(), vocab_size)
+
+
+def _trained(tok, texts, vocab_size: int):
+    """A byte-level BPE `tok` trained on `texts`, as a fast HF tokenizer with the R1-Distill chat template."""
+    from tokenizers import decoders, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(_corpus(), trainer=trainer)
+    tok.train_from_iterator(texts, trainer=trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD,
                                    additional_special_tokens=[USER, ASSISTANT])
     fast.chat_template = R1_DISTILL_CHAT_TEMPLATE
@@ -117,22 +124,14 @@ QWEN2_PRETOKENIZE = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p
 
 def build_demo_tokenizer(vocab_size: int = 512):
     """A BPE tokenizer trained on the demo's task and prompts, pre-tokenized as Qwen2's."""
-    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers
 
     tok = Tokenizer(models.BPE())
     tok.normalizer = normalizers.NFC()
     tok.pre_tokenizer = pre_tokenizers.Sequence([
         pre_tokenizers.Split(Regex(QWEN2_PRETOKENIZE), behavior="isolated"),
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(_demo_texts(), trainer=trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD,
-                                   additional_special_tokens=[USER, ASSISTANT])
-    fast.chat_template = R1_DISTILL_CHAT_TEMPLATE
-    return fast
+    return _trained(tok, _demo_texts(), vocab_size)
 
 
 def _warmup_examples(tokenizer, count: int, seed: int) -> list[tuple[list[int], list[int]]]:
